@@ -1,0 +1,217 @@
+"""Query-chunked wavelet attention with a recomputing backward: the CPU default.
+
+Algorithm (one chunk of c queries at positions m0 .. m1 = m0 + c - 1):
+
+1. Causal skipping: only keys n < K = min(Lk, m1 + 1) can be visible.
+2. Band skipping (the 1e-6 rule of METHOD.md): let R be one more than the largest distance whose
+   table row has an entry >= 1e-6 (in float64: any non-zero entry, so float64 stays exact). Keys n < kb = max(0, m0 - R + 1) are at distance >= R from
+   every query of the chunk, so their positional term is skipped; distances 0 .. m1 - kb remain.
+   For the paper's small scales R is ~ 6 x the largest scale, for large scales kb is 0.
+3. One matmul gives both terms. With P_rev[u] = p[m1 - kb - u] (u = 0 .. m1 - kb), a zero row,
+   then the keys, the chunk computes
+
+       S = (scaling * q_chunk) @ [P_rev ; 0 ; K[:K]]^T           (c, W + K),  W = m1 - kb + 2
+
+   so S[i, u] = q_i . p[m1 - kb - u] for u < W and S[i, W + n] = q_i . k_n.
+4. Skew without a gather: q_i . p[m_i - n] for key n = kb + j sits at S[i, (c - 1 - i) + j], at
+   flat offset (c - 1) + i * (W + K - 1) + j of the row-major chunk. That is a strided *view*
+   (row stride W + K - 1, one element per (i, j), no two sharing memory) whose entries for
+   visible keys all fall inside the positional block; future keys read other values, which the
+   causal mask discards. It is added to the content logits of keys kb .. K - 1.
+5. Softmax (recomputed in the backward: cheaper here than storing a log-sum-exp and
+   re-exponentiating); the output is P @ V. Only O(c x (W + K)) is live.
+6. Backward recomputes S and P chunk by chunk (as FlashAttention does), forms
+   dS = P * (dP - rowsum(dO * O)), writes dS into a zero buffer through the same strided view
+   (positional block) and as a plain block (content block), and gets dq for both terms with one
+   matmul against [P_rev ; 0 ; K]. dk and dv accumulate over chunks. p is fixed: no gradient.
+
+Peak memory is O(chunk x Lk) for the forward *and* the backward (nothing L x L is saved for
+autograd) and no L x L x D tensor is ever built. Grouped-query attention is handled by viewing
+the H query heads as (Hkv, G) and broadcasting keys across G.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hf_wavepos.attention.inputs import AttentionShape, check_attention_inputs, visible_keys
+
+DEFAULT_CHUNK_SIZE = 64
+CUTOFF = 1e-6  # same rule as hf_wavepos.basis.CUTOFF (kept local: attention does not import basis)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def table_support(table: torch.Tensor, cutoff: float = CUTOFF) -> int:
+    """One more than the largest row r of ``table`` (R, D) with some |p[r][j]| >= cutoff.
+
+    Rows past it may be skipped (0 if no row counts). float64 calls use cutoff 0, so that they
+    skip only exact zeros and stay exact.
+    """
+    significant = ((table.abs() >= cutoff) & (table != 0)).any(dim=1).nonzero()
+    return int(significant.max()) + 1 if significant.numel() else 0
+
+
+def _keys_with_table(k: torch.Tensor, table: torch.Tensor, rows: int) -> torch.Tensor:
+    """[P_rev ; 0 ; K] of shape (B, Hkv, rows + 1 + Lk, D), P_rev[s] = p[rows - 1 - s]."""
+    B, Hkv, _, D = k.shape
+    p_rev = table[:rows].flip(0).to(k.dtype)
+    zero = k.new_zeros(1, D)
+    head = torch.cat([p_rev, zero], dim=0).expand(B, Hkv, rows + 1, D)
+    return torch.cat([head, k], dim=2)
+
+
+class _Chunk:
+    """Index bookkeeping of one query chunk (see the module docstring)."""
+
+    def __init__(self, start: int, stop: int, shape: AttentionShape, rows: int, support: int):
+        self.start, self.stop = start, stop
+        self.size = stop - start
+        first, last = shape.q_offset + start, shape.q_offset + stop - 1  # m0, m1
+        self.keys = min(shape.k_len, last + 1)  # K
+        self.band_start = min(max(0, first - support + 1), self.keys)  # kb
+        self.width = last - self.band_start + 2  # W: distances 0..m1-kb plus the zero column
+        first_row = rows - (last - self.band_start + 1)  # P_rev row of distance m1 - kb
+        self.kp_rows = slice(first_row, rows + 1 + self.keys)
+        self.positions = torch.arange(first, last + 1)
+
+    def skew_view(self, s: torch.Tensor) -> torch.Tensor:
+        """View of S (..., c, W + K), contiguous, with [..., i, j] = S[..., i, c - 1 - i + j].
+
+        j runs over the keys kb .. K - 1 of the band.
+        """
+        n_cols = self.width + self.keys
+        size = (*s.shape[:-1], self.keys - self.band_start)
+        stride = (*s.stride()[:-2], n_cols - 1, 1)
+        return s.as_strided(size, stride, s.storage_offset() + self.size - 1)
+
+
+def _chunk_logits(qs5, kp, chunk: _Chunk, shape, key_padding_mask, document_ids, cdt):
+    """Masked logits (B, Hkv, G, c, K) in the compute dtype, the scaled queries and keys used."""
+    q_c = qs5[:, :, :, chunk.start : chunk.stop]  # (B, Hkv, G, c, D), already scaled
+    kp_c = kp[:, :, None, chunk.kp_rows]  # (B, Hkv, 1, W + K, D)
+    s = torch.matmul(q_c, kp_c.transpose(-1, -2)).contiguous()  # (B, Hkv, G, c, W + K)
+    logits = s[..., chunk.width :].to(cdt, copy=True)  # content: q_i . k_n
+    logits[..., chunk.band_start :] += chunk.skew_view(s)  # + q_i . p[m_i - n]
+    positions = chunk.positions.to(qs5.device)
+    if key_padding_mask is None and document_ids is None:
+        # Only the diagonal block has future keys.
+        first = shape.q_offset + chunk.start
+        if first < chunk.keys:
+            n = torch.arange(first, chunk.keys, device=qs5.device)
+            future = n[None, :] > positions[:, None]  # (c, K - m0)
+            logits[..., first:].masked_fill_(future, float("-inf"))
+    else:
+        visible = visible_keys(positions, chunk.keys, key_padding_mask, document_ids)
+        logits.masked_fill_(~visible[:, :, None], float("-inf"))  # (B|1, 1, 1, c, K)
+    return logits, q_c, kp_c
+
+
+def _probabilities(logits: torch.Tensor, masked_rows_possible: bool) -> torch.Tensor:
+    """Row softmax; rows with no visible key (only possible with masks) become zeros."""
+    probs = torch.softmax(logits, dim=-1)
+    return probs.nan_to_num_(0.0) if masked_rows_possible else probs
+
+
+class _ChunkedWavePosAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, table, shape, key_padding_mask, document_ids, chunk_size):
+        B, H, Lq, D = q.shape
+        G, cdt = shape.groups, _compute_dtype(q.dtype)
+        rows = shape.q_offset + Lq
+        support = table_support(table[:rows], 0.0 if cdt == torch.float64 else CUTOFF)
+        qs5 = (q * shape.scaling).view(B, shape.kv_heads, G, Lq, D)
+        kp = _keys_with_table(k, table, rows)
+        out = q.new_empty(B, shape.kv_heads, G, Lq, D)
+        masked_rows_possible = key_padding_mask is not None or document_ids is not None
+        for start in range(0, Lq, chunk_size):
+            chunk = _Chunk(start, min(start + chunk_size, Lq), shape, rows, support)
+            logits, _, _ = _chunk_logits(qs5, kp, chunk, shape, key_padding_mask, document_ids, cdt)
+            probs = _probabilities(logits, masked_rows_possible)  # (B, Hkv, G, c, K)
+            v_c = v[:, :, None, : chunk.keys]  # (B, Hkv, 1, K, D)
+            out[:, :, :, chunk.start : chunk.stop] = torch.matmul(probs.to(v.dtype), v_c)
+        ctx.save_for_backward(q, k, v, table, out, key_padding_mask, document_ids)
+        ctx.shape, ctx.chunk_size, ctx.support = shape, chunk_size, support
+        return out.view(B, H, Lq, D)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, table, out, key_padding_mask, document_ids = ctx.saved_tensors
+        shape, chunk_size = ctx.shape, ctx.chunk_size
+        B, H, Lq, D = q.shape
+        Hkv, G, cdt = shape.kv_heads, shape.groups, _compute_dtype(q.dtype)
+        rows = shape.q_offset + Lq
+        qs5 = (q * shape.scaling).view(B, Hkv, G, Lq, D)
+        do5 = grad_out.reshape(B, Hkv, G, Lq, D)
+        kp = _keys_with_table(k, table, rows)
+        masked_rows_possible = key_padding_mask is not None or document_ids is not None
+        delta = (do5.to(cdt) * out.to(cdt)).sum(-1)  # (B, Hkv, G, Lq): rowsum(dO * O)
+        dq = torch.empty(B, Hkv, G, Lq, D, dtype=q.dtype, device=q.device)
+        dk = torch.zeros(B, Hkv, shape.k_len, D, dtype=cdt, device=q.device)
+        dv = torch.zeros_like(dk)
+        for start in range(0, Lq, chunk_size):
+            chunk = _Chunk(start, min(start + chunk_size, Lq), shape, rows, ctx.support)
+            c, K = chunk.size, chunk.keys
+            sl = slice(chunk.start, chunk.stop)
+            logits, qs_c, kp_c = _chunk_logits(qs5, kp, chunk, shape, key_padding_mask, document_ids, cdt)
+            probs = _probabilities(logits, masked_rows_possible)  # recomputed, (B, Hkv, G, c, K)
+            do_c = do5[:, :, :, sl]  # (B, Hkv, G, c, D)
+            v_c = v[:, :, None, :K]
+            dp = torch.matmul(do_c, v_c.transpose(-1, -2)).to(cdt)  # (B, Hkv, G, c, K)
+            ds = probs * (dp - delta[..., sl, None])  # d logits (logits already scaled)
+            # dq for both terms in one matmul: scatter dS into the layout of S.
+            grad_s = torch.empty(*ds.shape[:-1], chunk.width + K, dtype=q.dtype, device=q.device)
+            grad_s[..., : chunk.width].zero_()
+            chunk.skew_view(grad_s).copy_(ds[..., chunk.band_start :])  # positional block
+            grad_s[..., chunk.width :] = ds  # content block (after: overwrites future-key writes)
+            dq[:, :, :, sl] = torch.matmul(grad_s, kp_c)
+            # dk, dv: fold the G query heads of a group into the chunk's rows.
+            ds_t = ds.to(q.dtype).reshape(B, Hkv, G * c, K).transpose(-1, -2)
+            dk[:, :, :K] += torch.matmul(ds_t, qs_c.reshape(B, Hkv, G * c, D)).to(cdt)
+            p_t = probs.to(q.dtype).reshape(B, Hkv, G * c, K).transpose(-1, -2)
+            dv[:, :, :K] += torch.matmul(p_t, do_c.reshape(B, Hkv, G * c, D)).to(cdt)
+        dq = dq.view(B, H, Lq, D) * shape.scaling
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
+
+
+def chunked_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    table: torch.Tensor,
+    *,
+    scaling: float | None = None,
+    q_offset: int | torch.Tensor = 0,
+    key_padding_mask: torch.Tensor | None = None,
+    document_ids: torch.Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> torch.Tensor:
+    """Memory-bounded wavelet attention (Eq. 10) with autograd; see the module docstring.
+
+    Args:
+        q: (B, H, Lq, D) queries without rotary embedding.
+        k, v: (B, Hkv, Lk, D), H a multiple of Hkv.
+        table: (R, D), R >= q_offset + Lq, row r = p[r]. It receives no gradient.
+        scaling: logit scale, default 1/sqrt(D).
+        q_offset: absolute position of the first query (KV-cache length before it).
+        key_padding_mask: (B, Lk) bool, True for real tokens.
+        document_ids: (B, Lk) ints for packed documents.
+        chunk_size: queries per chunk; peak memory is O(chunk_size x Lk) per head.
+
+    Returns:
+        (B, H, Lq, D) in q's dtype; rows that see no key are zero.
+    """
+    shape = check_attention_inputs(
+        q, k, v, table, scaling=scaling, q_offset=q_offset,
+        key_padding_mask=key_padding_mask, document_ids=document_ids,
+    )
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+    if q.shape[2] == 0:
+        return q.new_zeros(q.shape)
+    return _ChunkedWavePosAttention.apply(
+        q.contiguous(), k.contiguous(), v.contiguous(), table.detach(),
+        shape, key_padding_mask, document_ids, chunk_size,
+    )
