@@ -1,0 +1,46 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hf_wavepos import __version__
+from hf_wavepos.cli import main
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert __version__ in capsys.readouterr().out
+
+
+def test_basis_json_and_plot(tmp_path, capsys):
+    png = tmp_path / "basis.png"
+    assert main(["basis", "--preset", "oka2025-4k", "--head-dim", "128", "--json", "--plot", str(png), "--length", "300"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["scales"][0] == 4.0 and summary["scales"][-1] == 512.0
+    assert summary["shifts"] == list(range(16))
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_basis_bad_head_dim_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["basis", "--preset", "long", "--head-dim", "40"])
+    assert exit_.value.code == 2
+    assert "num_scales=16 does not divide head_dim=40" in capsys.readouterr().err
+
+
+def test_console_script_module_entry():
+    out = subprocess.run([sys.executable, "-m", "hf_wavepos.cli", "basis"], capture_output=True, text=True, check=True)
+    assert "8 scales x 8 shifts" in out.stdout
+
+
+def test_demo_quick(tmp_path):
+    from hf_wavepos.demo import run_demo
+
+    summary = run_demo(tmp_path, quick=True)
+    assert all(v < 1e-10 for v in summary["check"].values())
+    assert set(summary["benchmark"]) == {"oka2025", "long"}
+    for name in ("demo.json", "attention_cpu.json", "basis_oka2025.png", "basis_long.png"):
+        assert (tmp_path / name).stat().st_size > 0
