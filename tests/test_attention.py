@@ -20,7 +20,7 @@ def make_inputs(B, H, Hkv, Lq, Lk, D, dtype=torch.float64, seed=0):
     return [t.requires_grad_() for t in (q, k, v)]
 
 
-def double_loop(q, k, v, table, q_offset, key_padding_mask=None, document_ids=None):
+def double_loop(q, k, v, table, q_offset, key_padding_mask=None, document_ids=None, attn_mask=None, alibi_slopes=None):
     """Eq. 10 one logit at a time."""
     B, H, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
@@ -38,7 +38,11 @@ def double_loop(q, k, v, table, q_offset, key_padding_mask=None, document_ids=No
                         continue
                     if document_ids is not None and document_ids[b, n] != document_ids[b, m]:
                         continue
+                    if attn_mask is not None and not attn_mask[b, 0, i, n]:
+                        continue
                     e = (q[b, h, i] @ k[b, hk, n] + q[b, h, i] @ table[m - n]) / math.sqrt(D)
+                    if alibi_slopes is not None:
+                        e = e - alibi_slopes[h] * (m - n)
                     logits.append(e)
                     values.append(v[b, hk, n])
                 if logits:
@@ -47,7 +51,7 @@ def double_loop(q, k, v, table, q_offset, key_padding_mask=None, document_ids=No
     return out
 
 
-@pytest.mark.parametrize("case", ["plain", "gqa_offset", "padding", "documents"])
+@pytest.mark.parametrize("case", ["plain", "gqa_offset", "padding", "documents", "dense_mask", "alibi"])
 def test_reference_equals_double_loop(case):
     B, H, Hkv, Lq, Lk, D = 2, 4, 2, 7, 7, 8
     kwargs = {}
@@ -58,6 +62,10 @@ def test_reference_equals_double_loop(case):
         kwargs["key_padding_mask"] = torch.tensor([[False, False, True, True, True, True, True], [True] * 7])
     if case == "documents":
         kwargs["document_ids"] = torch.tensor([[0, 0, 0, 1, 1, 2, 2], [5, 5, 5, 5, 6, 6, 6]])
+    if case == "dense_mask":
+        kwargs["attn_mask"] = torch.rand(B, 1, Lq, Lk, generator=torch.Generator().manual_seed(5)) > 0.3
+    if case == "alibi":
+        kwargs["alibi_slopes"] = torch.tensor([0.5, 0.25, 0.125, 0.0625], dtype=torch.float64)
     q, k, v = make_inputs(B, H, Hkv, Lq, Lk, D)
     table = wavelet_table(WavePosConfig(num_scales=4), D, Lk, dtype=torch.float64)
     got = reference_attention(q, k, v, table, q_offset=q_offset, **kwargs)
@@ -108,6 +116,19 @@ def test_chunked_gqa_padding_and_documents():
     _compare(fn, q, k, v, table, 1e-10, key_padding_mask=pad)
     _compare(fn, q, k, v, table, 1e-10, document_ids=docs)
     _compare(fn, q, k, v, table, 1e-10, key_padding_mask=pad, document_ids=docs)
+
+
+def test_chunked_dense_mask_and_alibi():
+    B, H, Hkv, L, D = 2, 4, 2, 77, 16
+    q, k, v = make_inputs(B, H, Hkv, L, L, D, seed=4)
+    table = wavelet_table(SMALL_SCALES, D, L, dtype=torch.float64)
+    mask = torch.rand(B, 1, L, L, generator=torch.Generator().manual_seed(0)) > 0.2
+    slopes = torch.tensor([2.0**-1, 2.0**-2, 2.0**-3, 2.0**-4], dtype=torch.float64)
+    fn = lambda *a, **kw: chunked_attention(*a, chunk_size=20, **kw)  # noqa: E731
+    _compare(fn, q, k, v, table, 1e-10, attn_mask=mask)
+    _compare(fn, q, k, v, table, 1e-10, alibi_slopes=slopes)
+    zeros = torch.zeros_like(table)  # NoPE: an all-zero table
+    _compare(fn, q, k, v, zeros, 1e-10, alibi_slopes=slopes, attn_mask=mask[:1])
 
 
 def test_rows_that_see_nothing_are_zero_with_finite_gradients():

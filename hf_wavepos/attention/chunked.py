@@ -32,9 +32,11 @@ the H query heads as (Hkv, G) and broadcasting keys across G.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from hf_wavepos.attention.inputs import AttentionShape, check_attention_inputs, visible_keys
+from hf_wavepos.attention.inputs import AttentionShape, alibi_bias, check_attention_inputs, visible_keys
 
 DEFAULT_CHUNK_SIZE = 64
 CUTOFF = 1e-6  # same rule as hf_wavepos.basis.CUTOFF (kept local: attention does not import basis)
@@ -88,7 +90,21 @@ class _Chunk:
         return s.as_strided(size, stride, s.storage_offset() + self.size - 1)
 
 
-def _chunk_logits(qs5, kp, chunk: _Chunk, shape, key_padding_mask, document_ids, cdt):
+@dataclass(frozen=True)
+class _Masks:
+    """The optional inputs of one call besides q, k, v and the table (see inputs.py)."""
+
+    key_padding_mask: torch.Tensor | None = None
+    document_ids: torch.Tensor | None = None
+    attn_mask: torch.Tensor | None = None
+    alibi_slopes: torch.Tensor | None = None
+
+    @property
+    def rows_may_be_empty(self) -> bool:
+        return not (self.key_padding_mask is None and self.document_ids is None and self.attn_mask is None)
+
+
+def _chunk_logits(qs5, kp, chunk: _Chunk, shape: AttentionShape, masks: _Masks, cdt):
     """Masked logits (B, Hkv, G, c, K) in the compute dtype, the scaled queries and keys used."""
     q_c = qs5[:, :, :, chunk.start : chunk.stop]  # (B, Hkv, G, c, D), already scaled
     kp_c = kp[:, :, None, chunk.kp_rows]  # (B, Hkv, 1, W + K, D)
@@ -96,7 +112,10 @@ def _chunk_logits(qs5, kp, chunk: _Chunk, shape, key_padding_mask, document_ids,
     logits = s[..., chunk.width :].to(cdt, copy=True)  # content: q_i . k_n
     logits[..., chunk.band_start :] += chunk.skew_view(s)  # + q_i . p[m_i - n]
     positions = chunk.positions.to(qs5.device)
-    if key_padding_mask is None and document_ids is None:
+    if masks.alibi_slopes is not None:
+        bias = alibi_bias(positions, chunk.keys, masks.alibi_slopes.to(cdt))  # (H, c, K)
+        logits += bias.view(shape.kv_heads, shape.groups, chunk.size, chunk.keys)
+    if not masks.rows_may_be_empty:
         # Only the diagonal block has future keys.
         first = shape.q_offset + chunk.start
         if first < chunk.keys:
@@ -104,7 +123,8 @@ def _chunk_logits(qs5, kp, chunk: _Chunk, shape, key_padding_mask, document_ids,
             future = n[None, :] > positions[:, None]  # (c, K - m0)
             logits[..., first:].masked_fill_(future, float("-inf"))
     else:
-        visible = visible_keys(positions, chunk.keys, key_padding_mask, document_ids)
+        rows = None if masks.attn_mask is None else masks.attn_mask[:, :, chunk.start : chunk.stop]
+        visible = visible_keys(positions, chunk.keys, masks.key_padding_mask, masks.document_ids, rows)
         logits.masked_fill_(~visible[:, :, None], float("-inf"))  # (B|1, 1, 1, c, K)
     return logits, q_c, kp_c
 
@@ -117,7 +137,7 @@ def _probabilities(logits: torch.Tensor, masked_rows_possible: bool) -> torch.Te
 
 class _ChunkedWavePosAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, table, shape, key_padding_mask, document_ids, chunk_size):
+    def forward(ctx, q, k, v, table, shape, masks, chunk_size):
         B, H, Lq, D = q.shape
         G, cdt = shape.groups, _compute_dtype(q.dtype)
         rows = shape.q_offset + Lq
@@ -125,28 +145,26 @@ class _ChunkedWavePosAttention(torch.autograd.Function):
         qs5 = (q * shape.scaling).view(B, shape.kv_heads, G, Lq, D)
         kp = _keys_with_table(k, table, rows)
         out = q.new_empty(B, shape.kv_heads, G, Lq, D)
-        masked_rows_possible = key_padding_mask is not None or document_ids is not None
         for start in range(0, Lq, chunk_size):
             chunk = _Chunk(start, min(start + chunk_size, Lq), shape, rows, support)
-            logits, _, _ = _chunk_logits(qs5, kp, chunk, shape, key_padding_mask, document_ids, cdt)
-            probs = _probabilities(logits, masked_rows_possible)  # (B, Hkv, G, c, K)
+            logits, _, _ = _chunk_logits(qs5, kp, chunk, shape, masks, cdt)
+            probs = _probabilities(logits, masks.rows_may_be_empty)  # (B, Hkv, G, c, K)
             v_c = v[:, :, None, : chunk.keys]  # (B, Hkv, 1, K, D)
             out[:, :, :, chunk.start : chunk.stop] = torch.matmul(probs.to(v.dtype), v_c)
-        ctx.save_for_backward(q, k, v, table, out, key_padding_mask, document_ids)
-        ctx.shape, ctx.chunk_size, ctx.support = shape, chunk_size, support
+        ctx.save_for_backward(q, k, v, table, out)
+        ctx.shape, ctx.masks, ctx.chunk_size, ctx.support = shape, masks, chunk_size, support
         return out.view(B, H, Lq, D)
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, table, out, key_padding_mask, document_ids = ctx.saved_tensors
-        shape, chunk_size = ctx.shape, ctx.chunk_size
+        q, k, v, table, out = ctx.saved_tensors
+        shape, masks, chunk_size = ctx.shape, ctx.masks, ctx.chunk_size
         B, H, Lq, D = q.shape
         Hkv, G, cdt = shape.kv_heads, shape.groups, _compute_dtype(q.dtype)
         rows = shape.q_offset + Lq
         qs5 = (q * shape.scaling).view(B, Hkv, G, Lq, D)
         do5 = grad_out.reshape(B, Hkv, G, Lq, D)
         kp = _keys_with_table(k, table, rows)
-        masked_rows_possible = key_padding_mask is not None or document_ids is not None
         delta = (do5.to(cdt) * out.to(cdt)).sum(-1)  # (B, Hkv, G, Lq): rowsum(dO * O)
         dq = torch.empty(B, Hkv, G, Lq, D, dtype=q.dtype, device=q.device)
         dk = torch.zeros(B, Hkv, shape.k_len, D, dtype=cdt, device=q.device)
@@ -155,8 +173,8 @@ class _ChunkedWavePosAttention(torch.autograd.Function):
             chunk = _Chunk(start, min(start + chunk_size, Lq), shape, rows, ctx.support)
             c, K = chunk.size, chunk.keys
             sl = slice(chunk.start, chunk.stop)
-            logits, qs_c, kp_c = _chunk_logits(qs5, kp, chunk, shape, key_padding_mask, document_ids, cdt)
-            probs = _probabilities(logits, masked_rows_possible)  # recomputed, (B, Hkv, G, c, K)
+            logits, qs_c, kp_c = _chunk_logits(qs5, kp, chunk, shape, masks, cdt)
+            probs = _probabilities(logits, masks.rows_may_be_empty)  # recomputed, (B, Hkv, G, c, K)
             do_c = do5[:, :, :, sl]  # (B, Hkv, G, c, D)
             v_c = v[:, :, None, :K]
             dp = torch.matmul(do_c, v_c.transpose(-1, -2)).to(cdt)  # (B, Hkv, G, c, K)
@@ -173,7 +191,7 @@ class _ChunkedWavePosAttention(torch.autograd.Function):
             p_t = probs.to(q.dtype).reshape(B, Hkv, G * c, K).transpose(-1, -2)
             dv[:, :, :K] += torch.matmul(p_t, do_c.reshape(B, Hkv, G * c, D)).to(cdt)
         dq = dq.view(B, H, Lq, D) * shape.scaling
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
 
 
 def chunked_attention(
@@ -186,6 +204,8 @@ def chunked_attention(
     q_offset: int | torch.Tensor = 0,
     key_padding_mask: torch.Tensor | None = None,
     document_ids: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
+    alibi_slopes: torch.Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> torch.Tensor:
     """Memory-bounded wavelet attention (Eq. 10) with autograd; see the module docstring.
@@ -198,6 +218,8 @@ def chunked_attention(
         q_offset: absolute position of the first query (KV-cache length before it).
         key_padding_mask: (B, Lk) bool, True for real tokens.
         document_ids: (B, Lk) ints for packed documents.
+        attn_mask: (B|1, 1, Lq, Lk) bool, True where a key may be attended (AND with causal).
+        alibi_slopes: (H,) ALiBi slopes: adds -slope_h * (m - n) to the scaled logit.
         chunk_size: queries per chunk; peak memory is O(chunk_size x Lk) per head.
 
     Returns:
@@ -206,12 +228,14 @@ def chunked_attention(
     shape = check_attention_inputs(
         q, k, v, table, scaling=scaling, q_offset=q_offset,
         key_padding_mask=key_padding_mask, document_ids=document_ids,
+        attn_mask=attn_mask, alibi_slopes=alibi_slopes,
     )
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
     if q.shape[2] == 0:
         return q.new_zeros(q.shape)
     return _ChunkedWavePosAttention.apply(
-        q.contiguous(), k.contiguous(), v.contiguous(), table.detach(),
-        shape, key_padding_mask, document_ids, chunk_size,
+        q.contiguous(), k.contiguous(), v.contiguous(), table.detach(), shape,
+        _Masks(key_padding_mask, document_ids, attn_mask, None if alibi_slopes is None else alibi_slopes.detach()),
+        chunk_size,
     )

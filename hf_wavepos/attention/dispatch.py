@@ -26,12 +26,16 @@ AttentionFn = Callable[..., torch.Tensor]
 
 @dataclass(frozen=True)
 class Backend:
-    """A registered backend: ``fn`` has `wavepos_attention`'s signature; ``supports(device)``."""
+    """A registered backend: ``fn`` has `wavepos_attention`'s signature; ``supports(device)``.
+
+    ``accepts`` names the optional arguments (``attn_mask``, ``alibi_slopes``) it implements.
+    """
 
     name: str
     fn: AttentionFn
     supports: Callable[[torch.device], bool]
     priority: int
+    accepts: frozenset[str] = frozenset()
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -39,10 +43,19 @@ _OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("wavepos_
 
 
 def register_backend(
-    name: str, fn: AttentionFn, *, supports: Callable[[torch.device], bool], priority: int = 0
+    name: str,
+    fn: AttentionFn,
+    *,
+    supports: Callable[[torch.device], bool],
+    priority: int = 0,
+    accepts: tuple[str, ...] = (),
 ) -> None:
-    """Register an attention backend; the supported one with the highest priority is the default."""
-    _BACKENDS[name] = Backend(name, fn, supports, priority)
+    """Register an attention backend; the supported one with the highest priority is the default.
+
+    ``accepts`` lists which optional arguments (``attn_mask``, ``alibi_slopes``) ``fn`` takes;
+    calls using others are refused with an error naming the backends that can serve them.
+    """
+    _BACKENDS[name] = Backend(name, fn, supports, priority, frozenset(accepts))
 
 
 def available_backends(device: torch.device | str | None = None) -> list[str]:
@@ -92,6 +105,8 @@ def wavepos_attention(
     q_offset: int | torch.Tensor = 0,
     key_padding_mask: torch.Tensor | None = None,
     document_ids: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
+    alibi_slopes: torch.Tensor | None = None,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Causal attention with the wavelet relative term, e = (q.k + q.p[m-n]) * scaling (Eq. 10).
@@ -105,6 +120,9 @@ def wavepos_attention(
             Lq = 1 with q_offset = Lk - 1 is one decoding step.
         key_padding_mask: (B, Lk) bool, True for real tokens (left padding, static caches).
         document_ids: (B, Lk) ints; queries attend only to keys of their own document.
+        attn_mask: (B|1, 1, Lq, Lk) bool, any further visibility rule (True = may attend);
+            O(Lq x Lk) memory, so prefer the compact masks above where they suffice.
+        alibi_slopes: (H,) ALiBi slopes (the peer method): adds -slope_h * (m - n).
         backend: force a backend by name; default: `use_backend` if active, else the best
             backend for q's device.
 
@@ -118,11 +136,21 @@ def wavepos_attention(
             f"attention backend {name!r} does not support device {q.device}; available there: "
             f"{', '.join(available_backends(q.device))}."
         )
+    optional = {"attn_mask": attn_mask, "alibi_slopes": alibi_slopes}
+    extra = {key: value for key, value in optional.items() if value is not None}
+    unsupported = sorted(set(extra) - chosen.accepts)
+    if unsupported:
+        able = [b.name for b in _BACKENDS.values() if set(extra) <= b.accepts]
+        raise ValueError(
+            f"attention backend {name!r} does not support {', '.join(unsupported)}; backends that do: "
+            f"{', '.join(able)}."
+        )
     return chosen.fn(
         q, k, v, table, scaling=scaling, q_offset=q_offset,
-        key_padding_mask=key_padding_mask, document_ids=document_ids,
+        key_padding_mask=key_padding_mask, document_ids=document_ids, **extra,
     )
 
 
-register_backend("reference", reference_attention, supports=lambda device: True, priority=0)
-register_backend("chunked", chunked_attention, supports=lambda device: True, priority=10)
+_ALL_OPTIONAL = ("attn_mask", "alibi_slopes")
+register_backend("reference", reference_attention, supports=lambda device: True, priority=0, accepts=_ALL_OPTIONAL)
+register_backend("chunked", chunked_attention, supports=lambda device: True, priority=10, accepts=_ALL_OPTIONAL)

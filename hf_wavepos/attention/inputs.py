@@ -6,9 +6,13 @@ G = H / Hkv), query row i at absolute position m = q_offset + i and key n:
     e[m, n] = ( q_m . k_n + q_m . p[m - n] ) * scaling                 (Eq. 10)
     out_m   = sum_n softmax_n(e[m, n]) v_n     over the keys n visible from m
 
-A key is visible when n <= m (causal), ``key_padding_mask[b, n]`` is True (when given) and
+A key is visible when n <= m (causal), ``key_padding_mask[b, n]`` is True (when given),
 ``document_ids[b, n] == document_ids[b, m]`` (when given: packed documents, no attention across
-documents). Within one document (or one left-padded sequence) the index difference m - n is the
+documents) and ``attn_mask[b, 0, i, n]`` is True (when given: any other visibility rule, e.g. the
+4-D mask transformers builds; it costs O(Lq x Lk) memory like every dense mask).
+
+Peer position methods share the contract: ``alibi_slopes`` (H,) adds -slope_h * (m - n) to the
+logit (ALiBi, after scaling), and an all-zero table is NoPE (backends skip zero rows). Within one document (or one left-padded sequence) the index difference m - n is the
 relative distance, so positions never need to be passed. A query that sees no key at all (a
 padding row) gets an output of zeros and no gradient.
 """
@@ -49,6 +53,8 @@ def check_attention_inputs(
     q_offset: int | torch.Tensor,
     key_padding_mask: torch.Tensor | None,
     document_ids: torch.Tensor | None,
+    attn_mask: torch.Tensor | None = None,
+    alibi_slopes: torch.Tensor | None = None,
 ) -> AttentionShape:
     """Validate one call's inputs; raise ValueError naming the argument and the fix."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
@@ -104,6 +110,23 @@ def check_attention_inputs(
                 f"document_ids must be an integer tensor of shape (batch, k_len) = ({B}, {Lk}), got "
                 f"{document_ids.dtype} {tuple(document_ids.shape)}."
             )
+    if attn_mask is not None:
+        if (
+            attn_mask.dtype != torch.bool
+            or attn_mask.dim() != 4
+            or attn_mask.shape[0] not in (1, B)
+            or attn_mask.shape[1] != 1
+            or attn_mask.shape[2:] != (Lq, Lk)
+        ):
+            raise ValueError(
+                f"attn_mask must be a bool tensor of shape (batch or 1, 1, q_len, k_len) = ({B}, 1, {Lq}, {Lk}) "
+                f"with True where a key may be attended, got {attn_mask.dtype} {tuple(attn_mask.shape)}."
+            )
+    if alibi_slopes is not None and (alibi_slopes.shape != (H,) or not alibi_slopes.is_floating_point()):
+        raise ValueError(
+            f"alibi_slopes must be a float tensor of shape (heads,) = ({H},), got "
+            f"{alibi_slopes.dtype} {tuple(alibi_slopes.shape)}."
+        )
     if scaling is None:
         scaling = 1.0 / math.sqrt(D)
     return AttentionShape(B, H, Hkv, Lq, Lk, D, q_offset, float(scaling))
@@ -114,6 +137,7 @@ def visible_keys(
     k_len: int,
     key_padding_mask: torch.Tensor | None,
     document_ids: torch.Tensor | None,
+    attn_mask_rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Which keys each query may attend to.
 
@@ -122,6 +146,7 @@ def visible_keys(
         k_len: keys 0 .. k_len-1 are considered.
         key_padding_mask: (B, >=k_len) bool or None.
         document_ids: (B, >=k_len) int or None.
+        attn_mask_rows: (B|1, 1, c, >=k_len) bool or None: the rows of ``attn_mask`` of these queries.
 
     Returns:
         bool tensor broadcastable to (B, 1, c, k_len): (B or 1, 1, c, k_len).
@@ -133,4 +158,13 @@ def visible_keys(
     if document_ids is not None:
         q_docs = document_ids[:, q_positions]  # (B, c)
         visible = visible & (q_docs[:, None, :, None] == document_ids[:, None, None, :k_len])
+    if attn_mask_rows is not None:
+        visible = visible & attn_mask_rows[..., :k_len]
     return visible
+
+
+def alibi_bias(q_positions: torch.Tensor, k_len: int, slopes: torch.Tensor) -> torch.Tensor:
+    """ALiBi's logit term -slope_h * (m - n), shape (H, c, k_len), float32 (or slopes' dtype)."""
+    n = torch.arange(k_len, device=q_positions.device)
+    distance = (q_positions[:, None] - n[None, :]).to(slopes.dtype)  # (c, k_len)
+    return -slopes[:, None, None] * distance

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from hf_wavepos.attention.inputs import check_attention_inputs, visible_keys
+from hf_wavepos.attention.inputs import alibi_bias, check_attention_inputs, visible_keys
 
 
 def reference_attention(
@@ -22,6 +22,8 @@ def reference_attention(
     q_offset: int | torch.Tensor = 0,
     key_padding_mask: torch.Tensor | None = None,
     document_ids: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
+    alibi_slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Materialised wavelet attention (Eq. 10); see `hf_wavepos.attention.inputs` for the contract.
 
@@ -33,6 +35,8 @@ def reference_attention(
         q_offset: absolute position of the first query (cached tokens before it).
         key_padding_mask: (B, Lk) bool, True for real tokens.
         document_ids: (B, Lk) ints; keys of another document are invisible.
+        attn_mask: (B|1, 1, Lq, Lk) bool, True where a key may be attended (AND with causal).
+        alibi_slopes: (H,) ALiBi slopes: adds -slope_h * (m - n) to the scaled logit.
 
     Returns:
         (B, H, Lq, D) in q's dtype. Softmax runs in float32 for lower precisions (as
@@ -41,6 +45,7 @@ def reference_attention(
     shape = check_attention_inputs(
         q, k, v, table, scaling=scaling, q_offset=q_offset,
         key_padding_mask=key_padding_mask, document_ids=document_ids,
+        attn_mask=attn_mask, alibi_slopes=alibi_slopes,
     )
     B, H, Lq, D = q.shape
     Lk, G, off = shape.k_len, shape.groups, shape.q_offset
@@ -57,7 +62,9 @@ def reference_attention(
 
     softmax_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     logits = (content.to(softmax_dtype) + position.to(softmax_dtype)) * shape.scaling
-    visible = visible_keys(m, Lk, key_padding_mask, document_ids)  # (B|1, 1, Lq, Lk)
+    if alibi_slopes is not None:
+        logits = logits + alibi_bias(m, Lk, alibi_slopes.to(softmax_dtype))  # -slope_h (m - n)
+    visible = visible_keys(m, Lk, key_padding_mask, document_ids, attn_mask)  # (B|1, 1, Lq, Lk)
     # A finite fill keeps fully masked rows finite (uniform), so their gradient stays finite.
     logits = logits.masked_fill(~visible, torch.finfo(softmax_dtype).min)
     probs = torch.softmax(logits, dim=-1)
