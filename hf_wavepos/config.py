@@ -22,6 +22,7 @@ from typing import Any, Mapping
 FORMAT_VERSION = 1
 
 SIGN_CONVENTIONS = ("m-n", "n-m")
+METHODS = ("wavelet", "alibi", "nope")
 
 
 def _known_wavelets() -> tuple[str, ...]:
@@ -40,6 +41,13 @@ class WavePosConfig:
     a model with `WavePosConfig.check_head_dim`.
     """
 
+    method: str = field(
+        default="wavelet",
+        metadata={
+            "help": "Position method: 'wavelet' (this paper), or the peers 'alibi' (standard slopes) and "
+            "'nope' (no positional term) for fair comparisons. RoPE is the stock model."
+        },
+    )
     wavelet: str = field(
         default="ricker",
         metadata={"help": "Mother wavelet psi, a name in hf_wavepos.basis.registered_wavelets()."},
@@ -89,6 +97,11 @@ class WavePosConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            hint = " (RoPE is the stock model: do not convert it)" if str(self.method).lower() == "rope" else ""
+            raise ValueError(
+                f"method={self.method!r} is not allowed; allowed values: {', '.join(METHODS)}{hint}."
+            )
         wavelets = _known_wavelets()
         if self.wavelet not in wavelets:
             raise ValueError(
@@ -142,9 +155,14 @@ class WavePosConfig:
         return self.shifts_per_scale or head_dim // self.num_scales
 
     def check_head_dim(self, head_dim: int) -> None:
-        """Raise ValueError unless this config yields exactly ``head_dim`` (scale, shift) pairs."""
+        """Raise ValueError unless this config yields exactly ``head_dim`` (scale, shift) pairs.
+
+        Only the wavelet method has a table tied to the head size; ALiBi and NoPE accept any.
+        """
         if not _is_int(head_dim) or head_dim <= 0:
             raise ValueError(f"head_dim must be a positive integer, got {head_dim!r}.")
+        if self.method != "wavelet":
+            return
         if self.shifts_per_scale is None:
             if head_dim % self.num_scales:
                 divisors = [s for s in range(1, head_dim + 1) if head_dim % s == 0]
@@ -225,4 +243,7 @@ PRESETS: dict[str, WavePosConfig] = {
     # Best in the project's calibration (METHOD.md, Sec. 4): 16 scales + log-n query scaling.
     # train_length defaults to the calibration's 512; override it for other training lengths.
     "long": WavePosConfig(num_scales=16, log_n_scaling=True, train_length=512),
+    # Peers, for comparisons in the same machinery.
+    "alibi": WavePosConfig(method="alibi"),
+    "nope": WavePosConfig(method="nope"),
 }

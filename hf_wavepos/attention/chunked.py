@@ -39,14 +39,14 @@ import torch
 from hf_wavepos.attention.inputs import AttentionShape, alibi_bias, check_attention_inputs, visible_keys
 
 DEFAULT_CHUNK_SIZE = 64
-CUTOFF = 1e-6  # same rule as hf_wavepos.basis.CUTOFF (kept local: attention does not import basis)
+BAND_CUTOFF = 1e-6  # the 1e-6 rule of METHOD.md (hf_wavepos.basis.CUTOFF; attention does not import basis)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def table_support(table: torch.Tensor, cutoff: float = CUTOFF) -> int:
+def table_support(table: torch.Tensor, cutoff: float = BAND_CUTOFF) -> int:
     """One more than the largest row r of ``table`` (R, D) with some |p[r][j]| >= cutoff.
 
     Rows past it may be skipped (0 if no row counts). float64 calls use cutoff 0, so that they
@@ -141,7 +141,7 @@ class _ChunkedWavePosAttention(torch.autograd.Function):
         B, H, Lq, D = q.shape
         G, cdt = shape.groups, _compute_dtype(q.dtype)
         rows = shape.q_offset + Lq
-        support = table_support(table[:rows], 0.0 if cdt == torch.float64 else CUTOFF)
+        support = table_support(table[:rows], 0.0 if cdt == torch.float64 else BAND_CUTOFF)
         qs5 = (q * shape.scaling).view(B, shape.kv_heads, G, Lq, D)
         kp = _keys_with_table(k, table, rows)
         out = q.new_empty(B, shape.kv_heads, G, Lq, D)

@@ -1,0 +1,90 @@
+"""Position methods behind one contract: what a method adds to attention.
+
+Every method is turned into the two optional inputs of `hf_wavepos.wavepos_attention`:
+
+    method    table p[r] (R, D)                     alibi_slopes (H,)
+    wavelet   the wavelet table (Eq. 11-14)          None
+    alibi     zeros (no q . p term)                  the standard ALiBi slopes (Press et al., 2022)
+    nope      zeros                                  None
+
+so every attention backend serves every method, and comparisons differ in nothing else. (RoPE
+is the stock model: comparisons use the unconverted model.) An all-zero table costs next to
+nothing: backends skip rows whose entries are all below the 1e-6 cut-off.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+from hf_wavepos.basis import wavelet_table
+from hf_wavepos.config import WavePosConfig
+
+
+def alibi_slopes(num_heads: int) -> torch.Tensor:
+    """The standard ALiBi head slopes, shape (num_heads,), float32.
+
+    For a power of two n: 2^(-8 i / n) for i = 1..n; otherwise the slopes of the closest lower
+    power of two followed by every other slope of the next power of two (Press et al., 2022).
+    """
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads <= 0:
+        raise ValueError(f"num_heads must be a positive integer, got {num_heads!r}.")
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-8.0 / n)
+        return [start ** (i + 1) for i in range(n)]
+
+    closest = 2 ** int(math.floor(math.log2(num_heads)))
+    slopes = power_of_two(closest)
+    if closest != num_heads:
+        slopes += power_of_two(2 * closest)[0::2][: num_heads - closest]
+    return torch.tensor(slopes, dtype=torch.float32)
+
+
+def table_length(needed: int) -> int:
+    """Rows to build for ``needed`` distances: the next power of two (>= 256), so that decoding,
+    whose length grows by one each step, reuses a cached table instead of building a new one."""
+    return max(256, 1 << max(0, needed - 1).bit_length())
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros(length: int, head_dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    with torch.inference_mode(False):
+        return torch.zeros(length, head_dim, device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _slopes(num_heads: int, device: torch.device) -> torch.Tensor:
+    with torch.inference_mode(False):
+        return alibi_slopes(num_heads).to(device)
+
+
+def positional_inputs(
+    config: WavePosConfig,
+    head_dim: int,
+    num_heads: int,
+    needed: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The (table, alibi_slopes) pair that implements ``config.method`` (see module docstring).
+
+    Args:
+        config: the position method and its parameters.
+        head_dim: D. num_heads: H (query heads).
+        needed: distances that occur (q_offset + q_len); the table has at least this many rows.
+        device, dtype: of the table (the slopes stay float32).
+
+    Returns:
+        table (R, D) with R >= needed, and alibi_slopes (H,) or None. Both are cached: read-only.
+    """
+    length = table_length(needed)
+    device = torch.device(device)
+    if config.method == "wavelet":
+        return wavelet_table(config, head_dim, length, device, dtype), None
+    table = _zeros(length, head_dim, device, dtype)
+    if config.method == "alibi":
+        return table, _slopes(num_heads, device)
+    return table, None
