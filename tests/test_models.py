@@ -238,6 +238,20 @@ def test_backend_choice_follows_attn_implementation():
             outputs[implementation] = model(ids).logits
     for implementation, logits in outputs.items():
         torch.testing.assert_close(logits, outputs["eager"], rtol=1e-5, atol=1e-5, msg=implementation)
+    # The same names work at construction, with a padding mask (transformers builds the mask for them).
+    config = apply_wavepos(copy.deepcopy(stock), "oka2025").config
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    padded = {}
+    for implementation in ("eager", "wavepos_chunked"):
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=implementation).eval()
+        model.load_state_dict(stock.state_dict())
+        with torch.no_grad():
+            padded[implementation] = model(ids, attention_mask=mask).logits
+    torch.testing.assert_close(padded["wavepos_chunked"], padded["eager"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="serves wavepos models only"):
+        stock.set_attn_implementation("wavepos_chunked")
+        stock(ids)
 
 
 @pytest.mark.parametrize("method", ["alibi", "nope"])

@@ -187,14 +187,6 @@ class WavePosPreTrainedMixin:
             attn_implementation in UNSUPPORTED_IMPLEMENTATIONS or "flash" in attn_implementation
         ):
             raise unsupported_attention_error(attn_implementation)
-        if isinstance(attn_implementation, str) and attn_implementation.startswith("wavepos_"):
-            backend = attn_implementation[len("wavepos_"):]
-            if backend not in available_backends():
-                raise ValueError(
-                    f"attn_implementation={attn_implementation!r}: unknown wavepos backend {backend!r}; "
-                    f"available: {', '.join('wavepos_' + b for b in available_backends())}."
-                )
-            return attn_implementation
         return super()._check_and_adjust_attn_implementation(attn_implementation, *args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, **kwargs):

@@ -10,8 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers import AttentionInterface, AutoConfig, AutoModel, AutoModelForCausalLM
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from hf_wavepos.attention.dispatch import available_backends
 from hf_wavepos.config import WavePosConfig, resolve_config
 from hf_wavepos.models import gpt2, gpt_neox, llama
 from hf_wavepos.models.common import UNSUPPORTED_IMPLEMENTATIONS, swap_classes, unsupported_attention_error
@@ -146,6 +148,27 @@ def register_peft_defaults() -> bool:
     return True
 
 
+def _only_inside_wavepos_models(module, *args, **kwargs):
+    raise ValueError(
+        f"attn_implementation={module.config._attn_implementation!r} is a hf_wavepos backend: it serves wavepos "
+        f"models only, not {type(module).__name__}; convert the model with hf_wavepos.apply_wavepos first."
+    )
+
+
+def register_attention_implementations() -> list[str]:
+    """Make ``attn_implementation="wavepos_<backend>"`` valid in transformers for every backend.
+
+    The wavepos attention modules call hf_wavepos's dispatcher themselves; the registered
+    function only guards stock modules, and the mask function is sdpa's (boolean masks).
+    """
+    names = [f"wavepos_{name}" for name in available_backends()]
+    for name in names:
+        AttentionInterface.register(name, _only_inside_wavepos_models)
+        AttentionMaskInterface.register(name, sdpa_mask)
+    return names
+
+
+register_attention_implementations()
 register_architecture(Architecture(
     stock_model_type="llama", model_type="wavepos_llama", source_file="models/llama.py",
     config_class=llama.WavePosLlamaConfig, base_class=llama.WavePosLlamaModel,
