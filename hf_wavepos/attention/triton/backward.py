@@ -1,0 +1,267 @@
+"""Backward kernels: delta = rowsum(dO * O), dq (query-block major), dk/dv (key-block major).
+
+Both recompute the logits from q, k, the table and the saved base-2 log-sum-exp, as
+FlashAttention-2 does; nothing of size L x L is stored. See the package docstring.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from hf_wavepos.attention.triton.forward import LOG2E, Extras, dot_precision
+from hf_wavepos.attention.triton.tiles import mask_logits, positional_block, positional_grad, skew, unskew
+
+
+@triton.jit
+def _delta_kernel(
+    OUT, DO, DELTA, stride_ob, stride_oh, stride_om, stride_db, stride_dh, stride_dm,
+    H, q_len, head_dim, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    rows = pid_m * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows < q_len)[:, None] & (cols < head_dim)[None, :]
+    r64 = rows.to(tl.int64)[:, None]
+    o = tl.load(OUT + b * stride_ob + h * stride_oh + r64 * stride_om + cols[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + b * stride_db + h * stride_dh + r64 * stride_dm + cols[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(DELTA + pid_bh.to(tl.int64) * q_len + rows, delta, mask=rows < q_len)
+
+
+@triton.jit
+def _dlogits(s, lse, delta, do, v, DOT_PRECISION: tl.constexpr):
+    """Recomputed P = exp2(s - lse) (masked entries of s are -inf) and dS = P * (dO V^T - delta)."""
+    p = tl.exp2(s - lse[:, None])
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+    return p, p * (dp - delta[:, None])
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V, P, SUP_SORTED, SUP_CHUNK, ORDER, PAD, DOC, MASK, SLOPES, DO, LSE, DELTA, DQ,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
+    stride_p, stride_padb, stride_docb, stride_mb, stride_mq, stride_mk,
+    H, G, q_len, k_len, n_table_rows, head_dim, q_offset, qk_scale, scaling,
+    HAS_PAD: tl.constexpr, HAS_DOC: tl.constexpr, HAS_MASK: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, N_CHUNKS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    kvh = h // G
+
+    rows = pid_m * BLOCK + tl.arange(0, BLOCK)
+    row_ok = rows < q_len
+    m_pos = q_offset + rows
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < head_dim
+    qd_mask = row_ok[:, None] & col_ok[None, :]
+    offs_n = tl.arange(0, BLOCK)
+    r64 = rows.to(tl.int64)
+
+    q_rows = Q + b * stride_qb + h * stride_qh + r64 * stride_qm
+    q = tl.load(q_rows[:, None] + cols[None, :], mask=qd_mask, other=0.0)
+    do = tl.load(DO + b * stride_db + h * stride_dh + r64[:, None] * stride_dm + cols[None, :], mask=qd_mask, other=0.0)
+    lse = tl.load(LSE + pid_bh.to(tl.int64) * q_len + rows, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + pid_bh.to(tl.int64) * q_len + rows, mask=row_ok, other=0.0)
+    k_base = K + b * stride_kb + kvh * stride_kh
+    v_base = V + b * stride_vb + kvh * stride_vh
+    pad_row = PAD + b * stride_padb
+    doc_row = DOC + b * stride_docb
+    mask_rows = MASK + b * stride_mb + r64 * stride_mq
+    q_doc = m_pos
+    if HAS_DOC:
+        q_doc = tl.load(doc_row + m_pos, mask=row_ok, other=0)
+    slope = 0.0
+    if HAS_ALIBI:
+        slope = tl.load(SLOPES + h)
+
+    sup_sorted = tl.load(SUP_SORTED + tl.arange(0, N_CHUNKS))
+    s_max = tl.max(sup_sorted, axis=0)
+    m0 = q_offset + pid_m * BLOCK
+    n_tiles = tl.cdiv(tl.minimum(k_len, m0 + BLOCK), BLOCK)
+    t_band = tl.minimum(tl.cdiv(tl.maximum(m0 - s_max - BLOCK + 2, 0), BLOCK), n_tiles)
+    dq = tl.zeros((BLOCK, BLOCK_D), dtype=tl.float32)
+
+    for t in range(0, t_band):  # far tiles: content only
+        n_idx = t * BLOCK + offs_n
+        kv_off = n_idx[:, None].to(tl.int64)
+        k = tl.load(k_base + kv_off * stride_kn + cols[None, :], mask=col_ok[None, :], other=0.0)
+        v = tl.load(v_base + kv_off * stride_vn + cols[None, :], mask=col_ok[None, :], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        s = mask_logits(s, m_pos, n_idx, k_len, row_ok, pad_row, doc_row, q_doc, mask_rows, stride_mk,
+                        slope, False, HAS_PAD, HAS_DOC, HAS_MASK, HAS_ALIBI)
+        p, ds = _dlogits(s, lse, delta, do, v, DOT_PRECISION)
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+
+    qp_hi = positional_block(
+        q_rows, row_ok, P, stride_p, n_table_rows, m0 - t_band * BLOCK, sup_sorted, ORDER,
+        head_dim, BLOCK, BLOCK, CHUNK, N_CHUNKS, DOT_PRECISION,
+    )
+    g_carry = tl.zeros((BLOCK, BLOCK), dtype=tl.float32)  # gradient of the pending lo block
+    for t in range(t_band, n_tiles):  # band tiles
+        n0 = t * BLOCK
+        n_idx = n0 + offs_n
+        kv_off = n_idx[:, None].to(tl.int64)
+        kv_mask = (n_idx < k_len)[:, None] & col_ok[None, :]
+        k = tl.load(k_base + kv_off * stride_kn + cols[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_base + kv_off * stride_vn + cols[None, :], mask=kv_mask, other=0.0)
+        qp_lo = positional_block(
+            q_rows, row_ok, P, stride_p, n_table_rows, m0 - n0 - BLOCK, sup_sorted, ORDER,
+            head_dim, BLOCK, BLOCK, CHUNK, N_CHUNKS, DOT_PRECISION,
+        )
+        s = (tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) + skew(qp_hi, qp_lo, BLOCK)) * qk_scale
+        qp_hi = qp_lo
+        s = mask_logits(s, m_pos, n_idx, k_len, row_ok, pad_row, doc_row, q_doc, mask_rows, stride_mk,
+                        slope, True, HAS_PAD, HAS_DOC, HAS_MASK, HAS_ALIBI)
+        p, ds = _dlogits(s, lse, delta, do, v, DOT_PRECISION)
+        dq = tl.dot(ds.to(k.dtype), k, dq, input_precision=DOT_PRECISION)
+        g_hi, g_lo = unskew(ds, BLOCK)
+        # The hi block of this tile is complete (it was the lo block of the previous tile).
+        dq = positional_grad(
+            g_carry + g_hi, P, stride_p, n_table_rows, m0 - n0, SUP_CHUNK, s_max, head_dim, dq,
+            BLOCK, BLOCK_D, CHUNK, DOT_PRECISION,
+        )
+        g_carry = g_lo
+    dq = positional_grad(
+        g_carry, P, stride_p, n_table_rows, m0 - n_tiles * BLOCK, SUP_CHUNK, s_max, head_dim, dq,
+        BLOCK, BLOCK_D, CHUNK, DOT_PRECISION,
+    )
+    dq = dq * scaling
+    tl.store(DQ + b * stride_qb + h * stride_qh + r64[:, None] * stride_qm + cols[None, :],
+             dq.to(DQ.dtype.element_ty), mask=qd_mask)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V, P, SUP_SORTED, ORDER, PAD, DOC, MASK, SLOPES, DO, LSE, DELTA, DK, DV,
+    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
+    stride_p, stride_padb, stride_docb, stride_mb, stride_mq, stride_mk,
+    H, Hkv, G, q_len, k_len, n_table_rows, head_dim, q_offset, qk_scale, scaling,
+    HAS_PAD: tl.constexpr, HAS_DOC: tl.constexpr, HAS_MASK: tl.constexpr, HAS_ALIBI: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, N_CHUNKS: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_bkv = tl.program_id(1)
+    b = (pid_bkv // Hkv).to(tl.int64)
+    kvh = (pid_bkv % Hkv).to(tl.int64)
+
+    n0 = pid_n * BLOCK
+    n_idx = n0 + tl.arange(0, BLOCK)
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < head_dim
+    kv_mask = (n_idx < k_len)[:, None] & col_ok[None, :]
+    kv_off = n_idx[:, None].to(tl.int64)
+    k = tl.load(K + b * stride_kb + kvh * stride_kh + kv_off * stride_kn + cols[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + b * stride_vb + kvh * stride_vh + kv_off * stride_vn + cols[None, :], mask=kv_mask, other=0.0)
+    pad_row = PAD + b * stride_padb
+    doc_row = DOC + b * stride_docb
+
+    sup_sorted = tl.load(SUP_SORTED + tl.arange(0, N_CHUNKS))
+    s_max = tl.max(sup_sorted, axis=0)
+    n_qblocks = tl.cdiv(q_len, BLOCK)
+    qb_first = tl.minimum(tl.maximum(n0 - q_offset, 0) // BLOCK, n_qblocks)  # first block with m >= n0
+    # Query blocks with some distance < s_max (this includes the diagonal ones).
+    qb_band_end = tl.cdiv(tl.maximum(n0 + BLOCK - 1 + s_max - q_offset, 0), BLOCK)
+
+    dk = tl.zeros((BLOCK, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK, BLOCK_D), dtype=tl.float32)
+    offs_m = tl.arange(0, BLOCK)
+    for g in range(0, G):
+        h = kvh * G + g
+        bh = b * H + h
+        q_head = Q + b * stride_qb + h * stride_qh
+        do_head = DO + b * stride_db + h * stride_dh
+        slope = 0.0
+        if HAS_ALIBI:
+            slope = tl.load(SLOPES + h)
+        for qb in range(qb_first, n_qblocks):
+            rows = qb * BLOCK + offs_m
+            row_ok = rows < q_len
+            m_pos = q_offset + rows
+            r64 = rows.to(tl.int64)
+            qd_mask = row_ok[:, None] & col_ok[None, :]
+            q_rows = q_head + r64 * stride_qm
+            q = tl.load(q_rows[:, None] + cols[None, :], mask=qd_mask, other=0.0)
+            do = tl.load(do_head + r64[:, None] * stride_dm + cols[None, :], mask=qd_mask, other=0.0)
+            lse = tl.load(LSE + bh * q_len + rows, mask=row_ok, other=float("inf"))
+            delta = tl.load(DELTA + bh * q_len + rows, mask=row_ok, other=0.0)
+            q_doc = m_pos
+            if HAS_DOC:
+                q_doc = tl.load(doc_row + m_pos, mask=row_ok, other=0)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+            if qb < qb_band_end:  # positional term (and the causal diagonal) live here
+                d_tile = q_offset + qb * BLOCK - n0
+                qp_hi = positional_block(
+                    q_rows, row_ok, P, stride_p, n_table_rows, d_tile, sup_sorted, ORDER,
+                    head_dim, BLOCK, BLOCK, CHUNK, N_CHUNKS, DOT_PRECISION,
+                )
+                qp_lo = positional_block(
+                    q_rows, row_ok, P, stride_p, n_table_rows, d_tile - BLOCK, sup_sorted, ORDER,
+                    head_dim, BLOCK, BLOCK, CHUNK, N_CHUNKS, DOT_PRECISION,
+                )
+                s = s + skew(qp_hi, qp_lo, BLOCK)
+            mask_rows = MASK + b * stride_mb + r64 * stride_mq
+            s = mask_logits(s * qk_scale, m_pos, n_idx, k_len, row_ok, pad_row, doc_row, q_doc, mask_rows,
+                            stride_mk, slope, True, HAS_PAD, HAS_DOC, HAS_MASK, HAS_ALIBI)
+            p, ds = _dlogits(s, lse, delta, do, v, DOT_PRECISION)
+            dv = tl.dot(tl.trans(p).to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+            dk = tl.dot(tl.trans(ds).to(q.dtype), q, dk, input_precision=DOT_PRECISION)
+    dk = dk * scaling
+    tl.store(DK + b * stride_kb + kvh * stride_kh + kv_off * stride_kn + cols[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + b * stride_vb + kvh * stride_vh + kv_off * stride_vn + cols[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+def attention_backward(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+    lse: torch.Tensor, table: torch.Tensor, sup_sorted: torch.Tensor, sup_chunk: torch.Tensor,
+    order: torch.Tensor, extras: Extras,
+    scaling: float, q_offset: int, block: int, chunk: int, num_warps: int, num_stages: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv) of `forward.attention_forward` for upstream gradient grad_out.
+
+    Shapes as in the forward; grad_out and out are (B, H, Lq, D), lse (B, H, Lq) float32.
+    dk and dv are summed over the G query heads of each key/value head inside one program.
+    """
+    B, H, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    block_d = sup_sorted.numel() * chunk
+    grad_out = grad_out.contiguous()
+    delta = torch.empty(B, H, Lq, dtype=torch.float32, device=q.device)
+    _delta_kernel[(triton.cdiv(Lq, block), B * H)](
+        out, grad_out, delta, out.stride(0), out.stride(1), out.stride(2),
+        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), H, Lq, D,
+        BLOCK=block, BLOCK_D=block_d, num_warps=num_warps,
+    )
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    common = dict(
+        **extras.flags, BLOCK=block, BLOCK_D=block_d, CHUNK=chunk, N_CHUNKS=sup_sorted.numel(),
+        DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
+    )
+    strides = (
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+        table.stride(0), *extras.strides,
+    )
+    ex = (extras.pad, extras.doc, extras.mask, extras.slopes)
+    _bwd_dq_kernel[(triton.cdiv(Lq, block), B * H)](
+        q, k, v, table, sup_sorted, sup_chunk, order, *ex, grad_out, lse, delta, dq, *strides,
+        H, H // Hkv, Lq, Lk, table.shape[0], D, q_offset, scaling * LOG2E, scaling, **common,
+    )
+    _bwd_dkdv_kernel[(triton.cdiv(Lk, block), B * Hkv)](
+        q, k, v, table, sup_sorted, order, *ex, grad_out, lse, delta, dk, dv, *strides,
+        H, Hkv, H // Hkv, Lq, Lk, table.shape[0], D, q_offset, scaling * LOG2E, scaling, **common,
+    )
+    return dq, dk, dv

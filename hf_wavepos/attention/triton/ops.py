@@ -1,0 +1,279 @@
+"""`torch.library` custom ops around the kernels, autograd, and the backend entry points.
+
+The forward and backward are custom ops (``hf_wavepos::wavelet_attention_fwd`` / ``_bwd``)
+with fake implementations, so ``torch.compile`` traces through a model without graph breaks
+and treats the kernels as opaque calls.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import astuple, dataclass
+from typing import Optional
+
+import torch
+
+from hf_wavepos.attention.inputs import check_attention_inputs
+from hf_wavepos.attention.triton.backward import attention_backward
+from hf_wavepos.attention.triton.decode import attention_decode
+from hf_wavepos.attention.triton.forward import Extras, attention_forward
+from hf_wavepos.attention.triton.support import ChunkSupports, chunk_supports, padded_head_dim
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+DECODE_MAX_QUERIES = 16  # the decoding kernel serves Lq <= this ...
+DECODE_MAX_ROWS = 64  # ... when (query heads per key/value head) x Lq <= this
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile sizes of one launch: ``block`` queries x ``block`` keys, table chunks of ``chunk``."""
+
+    block: int
+    chunk: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def interpreting() -> bool:
+    """True under ``TRITON_INTERPRET=1`` (kernels run on the CPU through the interpreter)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def default_config(head_dim: int, device: torch.device) -> KernelConfig:
+    """Tiles for a head size: 64 x 64 on GPU (32 for D > 128), 16 x 16 in the interpreter.
+
+    Untuned defaults; override per call with ``block=`` / ``chunk=`` (see bench/attention_gpu.py).
+    """
+    block_d = padded_head_dim(head_dim)
+    if device.type != "cuda":
+        return KernelConfig(block=16, chunk=16)
+    return KernelConfig(block=64 if block_d <= 128 else 32, chunk=min(32, block_d), num_warps=4, num_stages=2)
+
+
+# ------------------------------------------------------------------------------ custom ops
+@torch.library.custom_op("hf_wavepos::wavelet_attention_fwd", mutates_args=())
+def wavelet_attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
+    sup_sorted: torch.Tensor, sup_chunk: torch.Tensor, order: torch.Tensor,
+    key_padding_mask: Optional[torch.Tensor], document_ids: Optional[torch.Tensor],
+    attn_mask: Optional[torch.Tensor], alibi_slopes: Optional[torch.Tensor],
+    scaling: float, q_offset: int, block: int, chunk: int, num_warps: int, num_stages: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (B, H, Lq, D), lse (B, H, Lq) float32): the forward kernel."""
+    extras = Extras.of(key_padding_mask, document_ids, attn_mask, alibi_slopes, sup_sorted)
+    return attention_forward(
+        q, k, v, table, sup_sorted, order, extras, scaling, q_offset, block, chunk, num_warps, num_stages,
+    )
+
+
+@wavelet_attention_fwd.register_fake
+def _(q, k, v, table, sup_sorted, sup_chunk, order, key_padding_mask, document_ids, attn_mask,
+      alibi_slopes, scaling, q_offset, block, chunk, num_warps, num_stages):
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("hf_wavepos::wavelet_attention_bwd", mutates_args=())
+def wavelet_attention_bwd(
+    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    out: torch.Tensor, lse: torch.Tensor, table: torch.Tensor,
+    sup_sorted: torch.Tensor, sup_chunk: torch.Tensor, order: torch.Tensor,
+    key_padding_mask: Optional[torch.Tensor], document_ids: Optional[torch.Tensor],
+    attn_mask: Optional[torch.Tensor], alibi_slopes: Optional[torch.Tensor],
+    scaling: float, q_offset: int, block: int, chunk: int, num_warps: int, num_stages: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv): the backward kernels."""
+    extras = Extras.of(key_padding_mask, document_ids, attn_mask, alibi_slopes, sup_sorted)
+    return attention_backward(
+        grad_out, q, k, v, out, lse, table, sup_sorted, sup_chunk, order, extras,
+        scaling, q_offset, block, chunk, num_warps, num_stages,
+    )
+
+
+@wavelet_attention_bwd.register_fake
+def _(grad_out, q, k, v, out, lse, table, sup_sorted, sup_chunk, order, key_padding_mask,
+      document_ids, attn_mask, alibi_slopes, scaling, q_offset, block, chunk, num_warps, num_stages):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+_N_TENSOR_INPUTS = 11  # q, k, v, table, sup_sorted, sup_chunk, order, pad, doc, attn_mask, slopes
+
+
+def _setup_context(ctx, inputs, output):
+    tensors, args = inputs[:_N_TENSOR_INPUTS], inputs[_N_TENSOR_INPUTS:]
+    out, lse = output
+    ctx.save_for_backward(*tensors, out, lse)
+    ctx.args = args  # scaling, q_offset, block, chunk, num_warps, num_stages
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, table, sup_sorted, sup_chunk, order, pad, doc, mask, slopes, out, lse = ctx.saved_tensors
+    dq, dk, dv = wavelet_attention_bwd(
+        grad_out, q, k, v, out, lse, table, sup_sorted, sup_chunk, order, pad, doc, mask, slopes, *ctx.args
+    )
+    return (dq, dk, dv) + (None,) * (_N_TENSOR_INPUTS - 3 + len(ctx.args))
+
+
+wavelet_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------------------ entry points
+def _check_runnable(q: torch.Tensor) -> None:
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(
+            f"the triton backend supports float16, bfloat16 and float32, got {q.dtype}; use "
+            "backend='reference' (exact float64) or 'chunked'."
+        )
+    if q.device.type != "cuda" and not interpreting():
+        raise ValueError(
+            f"the triton backend needs a CUDA device, got {q.device}; use backend='chunked' on "
+            "CPU (or set TRITON_INTERPRET=1 before importing triton to run the kernels slowly "
+            "for testing)."
+        )
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One validated call, ready for the kernels."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    table: torch.Tensor  # (R, D) in q's dtype
+    supports: ChunkSupports
+    masks: tuple  # key_padding_mask, document_ids, attn_mask, alibi_slopes (each or None)
+    config: KernelConfig
+
+
+def _prepare(q, k, v, table, masks, block, chunk) -> _Call:
+    """Contiguous last dims, the table in q's dtype, chunk supports, tile sizes."""
+    config = default_config(q.shape[-1], q.device)
+    block = block or config.block
+    chunk = chunk or config.chunk
+    if block < 16 or block & (block - 1):
+        raise ValueError(f"block must be a power of two >= 16, got {block}.")
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    supports = chunk_supports(table, chunk)
+    table = table.detach().to(q.dtype).contiguous()
+    pad, doc, mask, slopes = masks
+    if doc is not None and doc.dtype not in (torch.int32, torch.int64):
+        doc = doc.to(torch.int64)
+    config = KernelConfig(block, chunk, config.num_warps, config.num_stages)
+    return _Call(q, k, v, table, supports, (pad, doc, mask, slopes), config)
+
+
+def _decode(call: _Call, shape, block_n: int | None = None, n_splits: int | None = None) -> torch.Tensor:
+    extras = Extras.of(*call.masks, call.supports.sorted)
+    with torch.no_grad():
+        return attention_decode(
+            call.q, call.k, call.v, call.table, call.supports.sorted, call.supports.order, extras,
+            shape.scaling, shape.q_offset, call.config.chunk, block_n=block_n, n_splits=n_splits,
+        )
+
+
+def triton_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    table: torch.Tensor,
+    *,
+    scaling: float | None = None,
+    q_offset: int | torch.Tensor = 0,
+    key_padding_mask: torch.Tensor | None = None,
+    document_ids: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+    block: int | None = None,
+    chunk: int | None = None,
+    decode: bool | None = None,
+) -> torch.Tensor:
+    """Fused wavelet attention (Eq. 10) on GPU; the contract of `hf_wavepos.attention.inputs`.
+
+    Args:
+        q: (B, H, Lq, D) queries without rotary embedding (float16, bfloat16 or float32).
+        k, v: (B, Hkv, Lk, D), H a multiple of Hkv.
+        table: (R, D), R >= q_offset + Lq, row r = p[r]; fixed (no gradient).
+        scaling: logit scale, default 1/sqrt(D).
+        q_offset: absolute position of the first query (KV-cache length before it).
+        key_padding_mask: (B, Lk) bool, True for real tokens.
+        document_ids: (B, Lk) ints for packed documents.
+        attn_mask: (B|1, 1, Lq, Lk) bool, True where a key may be attended (AND with causal).
+        alibi_slopes: (H,) ALiBi slopes (peer method): adds -slope_h * (m - n) to the scaled logit.
+        block: tile size (power of two >= 16); default from `default_config`.
+        chunk: table columns per chunk for support skipping (power of two >= 16).
+        decode: use the split-K decoding kernel; default: when no gradient is needed and
+            Lq <= 16 with (H / Hkv) x Lq <= 64.
+
+    Returns:
+        (B, H, Lq, D) in q's dtype; rows that see no key are zero.
+    """
+    shape = check_attention_inputs(
+        q, k, v, table, scaling=scaling, q_offset=q_offset, key_padding_mask=key_padding_mask,
+        document_ids=document_ids, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
+    )
+    _check_runnable(q)
+    if shape.q_len == 0 or shape.k_len == 0:
+        return q.new_zeros(q.shape)
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    small = shape.q_len <= DECODE_MAX_QUERIES and shape.groups * shape.q_len <= DECODE_MAX_ROWS
+    if decode is None:
+        decode = small and not needs_grad
+    if decode and (needs_grad or not small):
+        raise ValueError(
+            f"decode=True needs Lq <= {DECODE_MAX_QUERIES}, (H / Hkv) x Lq <= {DECODE_MAX_ROWS} and no "
+            f"gradient; got Lq={shape.q_len}, H/Hkv={shape.groups}, grad={needs_grad}. Leave decode=None."
+        )
+    masks = (key_padding_mask, document_ids, attn_mask, alibi_slopes)
+    call = _prepare(q, k, v, table, masks, block, chunk)
+    if decode:
+        return _decode(call, shape)
+    sup = call.supports
+    out, _ = wavelet_attention_fwd(
+        call.q, call.k, call.v, call.table, sup.sorted, sup.by_chunk, sup.order, *call.masks,
+        shape.scaling, shape.q_offset, *astuple(call.config),
+    )
+    return out
+
+
+def triton_decode_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    table: torch.Tensor,
+    *,
+    scaling: float | None = None,
+    q_offset: int | torch.Tensor = 0,
+    key_padding_mask: torch.Tensor | None = None,
+    document_ids: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
+    alibi_slopes: torch.Tensor | None = None,
+    chunk: int | None = None,
+    block_n: int | None = None,
+    n_splits: int | None = None,
+) -> torch.Tensor:
+    """Decoding step(s) over a KV cache with the split-K kernel (no autograd).
+
+    Args:
+        q: (B, H, Lq, D) with Lq <= 16 and (H / Hkv) x Lq <= 64, e.g. one new token.
+        k, v: (B, Hkv, Lk, D), the cache including the new tokens.
+        table, scaling, q_offset, key_padding_mask, document_ids, attn_mask, alibi_slopes: as in
+            `triton_attention` (q_offset = Lk - Lq for a dynamic cache).
+        chunk: table columns per chunk; block_n: keys per tile; n_splits: cache slices
+            (default: two programs per multiprocessor).
+
+    Returns:
+        (B, H, Lq, D) in q's dtype.
+    """
+    shape = check_attention_inputs(
+        q, k, v, table, scaling=scaling, q_offset=q_offset, key_padding_mask=key_padding_mask,
+        document_ids=document_ids, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
+    )
+    _check_runnable(q)
+    if shape.q_len > DECODE_MAX_QUERIES or shape.groups * shape.q_len > DECODE_MAX_ROWS:
+        raise ValueError(
+            f"triton_decode_attention serves Lq <= {DECODE_MAX_QUERIES} with (H / Hkv) x Lq <= "
+            f"{DECODE_MAX_ROWS}; got Lq={shape.q_len}, H/Hkv={shape.groups}. Use triton_attention."
+        )
+    if shape.q_len == 0 or shape.k_len == 0:
+        return q.new_zeros(q.shape)
+    masks = (key_padding_mask, document_ids, attn_mask, alibi_slopes)
+    return _decode(_prepare(q, k, v, table, masks, None, chunk), shape, block_n, n_splits)

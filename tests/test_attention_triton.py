@@ -1,0 +1,196 @@
+"""Triton kernels against the float64 reference: forward, every gradient, decoding.
+
+Without a GPU the kernels run on CPU tensors through Triton's interpreter (TRITON_INTERPRET=1 must
+be set before the kernels are defined, hence at the top of this module), at small odd shapes. On
+a CUDA machine the same cases run compiled on the GPU, plus the bfloat16 / preset cases marked
+``gpu``. The rule is FlashAttention's: the error against the float64 truth is at most twice that of
+plain PyTorch (`reference_attention`) in the same precision, for the output and every gradient.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # before hf_wavepos.attention.triton defines its kernels
+
+pytest.importorskip("triton")
+
+from hf_wavepos import WavePosConfig, wavelet_table  # noqa: E402
+from hf_wavepos.attention import reference_attention  # noqa: E402
+from hf_wavepos.attention.triton import triton_attention, triton_decode_attention  # noqa: E402
+from hf_wavepos.attention.triton.support import chunk_supports  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# D = 32 in chunks of 16: scales 1, 2 (support 19) | scales 4, 8 (support 53). Tiles of 16 see
+# blocks with both chunks, with only the second, and far tiles with none.
+TWO_CHUNKS = WavePosConfig(num_scales=4)
+PAPER = WavePosConfig()  # scales up to 128 at D = 32: the term reaches every distance here
+
+
+def make_inputs(B, H, Hkv, Lq, Lk, D, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, h, n, D, generator=gen, dtype=torch.float64) for h, n in ((H, Lq), (Hkv, Lk), (Hkv, Lk))]
+
+
+def errors_vs_truth(fn, q, k, v, table64, dtype, **kwargs):
+    """Max abs error of fn run in ``dtype`` against the float64 reference: [out, dq, dk, dv]."""
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    extra64 = {key: val.double() if torch.is_tensor(val) and val.is_floating_point() else val for key, val in kwargs.items()}
+    truth = reference_attention(q, k, v, table64, **extra64)
+    grad = torch.randn(truth.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    truth_grads = torch.autograd.grad(truth, (q, k, v), grad)
+    low = [t.detach().to(DEVICE, dtype).requires_grad_() for t in (q, k, v)]
+    extra = {key: val.to(DEVICE) if torch.is_tensor(val) else val for key, val in kwargs.items()}
+    out = fn(*low, table64.to(DEVICE, dtype), **extra)
+    grads = torch.autograd.grad(out, low, grad.to(DEVICE, dtype))
+    return [(a.double().cpu() - b).abs().max().item() for a, b in zip((out, *grads), (truth, *truth_grads))]
+
+
+def assert_within_twice_plain(q, k, v, table64, dtype, fn, **kwargs):
+    plain = errors_vs_truth(reference_attention, q.clone(), k.clone(), v.clone(), table64, dtype, **kwargs)
+    ours = errors_vs_truth(fn, q, k, v, table64, dtype, **kwargs)
+    floor = 1e-6 if dtype == torch.float32 else 1e-3
+    for name, e_ours, e_plain in zip(["out", "dq", "dk", "dv"], ours, plain):
+        assert e_ours <= 2 * e_plain + floor, f"{name}: {e_ours:.3g} vs plain PyTorch {e_plain:.3g}"
+
+
+def kernels(block):
+    return lambda *a, **kw: triton_attention(*a, block=block, chunk=16, **kw)
+
+
+@pytest.mark.parametrize("length", [1, 17, 127, 128])
+@pytest.mark.parametrize("config", [TWO_CHUNKS, PAPER], ids=["two_chunks", "paper"])
+def test_forward_and_gradients_within_twice_plain_pytorch(length, config):
+    q, k, v = make_inputs(1, 2, 1, length, length, 32, seed=length)
+    table = wavelet_table(config, 32, length, dtype=torch.float64)
+    block = 16 if length < 100 else 32  # the interpreter is slow: fewer, larger tiles at L >= 100
+    assert_within_twice_plain(q, k, v, table, torch.float32, kernels(block))
+
+
+def test_chunks_in_any_order_and_odd_head_dim():
+    """Supports need not grow with the column index (a permuted table); D = 24 is padded to 32."""
+    q, k, v = make_inputs(1, 1, 1, 50, 50, 24, seed=3)
+    table = wavelet_table(WavePosConfig(num_scales=3), 24, 50, dtype=torch.float64).flip(1)
+    sup = chunk_supports(table, 16)
+    assert sup.by_chunk[0] > sup.by_chunk[1] > 0 and sup.order.tolist() == [1, 0]
+    assert_within_twice_plain(q, k, v, table, torch.float32, kernels(16))
+
+
+@pytest.mark.parametrize("Lq, Lk, q_offset", [(5, 40, 35), (20, 50, 10)], ids=["prefill_chunk", "static_cache"])
+def test_grouped_query_attention_with_query_offset(Lq, Lk, q_offset):
+    """Queries at positions q_offset.. over a cache; a static cache also holds keys past them."""
+    q, k, v = make_inputs(1, 2, 1, Lq, Lk, 32, seed=4)
+    table = wavelet_table(TWO_CHUNKS, 32, Lk, dtype=torch.float64)
+    assert_within_twice_plain(q, k, v, table, torch.float32, kernels(16), q_offset=q_offset)
+
+
+@pytest.mark.parametrize("case", ["padding+alibi", "documents+dense_mask"])
+def test_masks_and_alibi(case):
+    """Left padding (rows that see no key get zeros and no gradient), packed documents, a dense
+    (B, 1, L, L) mask and ALiBi slopes (the peer method), each against the reference."""
+    B, H, Hkv, L, D = 2, 2, 1, 33, 32
+    q, k, v = make_inputs(B, H, Hkv, L, L, D, seed=6)
+    table = wavelet_table(TWO_CHUNKS, D, L, dtype=torch.float64)
+    if case == "padding+alibi":
+        pad = torch.ones(B, L, dtype=torch.bool)
+        pad[0, :12] = False
+        kwargs = dict(key_padding_mask=pad, alibi_slopes=torch.tensor([0.5, 0.0625]))
+    else:
+        docs = torch.zeros(B, L, dtype=torch.long)
+        docs[1, 9:] = 1
+        docs[1, 20:] = 2
+        dense = torch.rand(1, 1, L, L, generator=torch.Generator().manual_seed(5)) > 0.3
+        kwargs = dict(document_ids=docs, attn_mask=dense)
+    assert_within_twice_plain(q, k, v, table, torch.float32, kernels(16), **kwargs)
+
+
+def test_float16_within_twice_plain_pytorch():
+    q, k, v = make_inputs(1, 2, 1, 40, 40, 32, seed=8)
+    table = wavelet_table(TWO_CHUNKS, 32, 40, dtype=torch.float64)
+    assert_within_twice_plain(q, k, v, table, torch.float16, kernels(16))
+
+
+@pytest.mark.parametrize("Lq", [1, 3])
+def test_decoding_kernel_over_a_cache(Lq):
+    """Split-K decoding (3 slices of the cache), GQA rows spanning heads, padding and ALiBi."""
+    B, H, Hkv, Lk, D = 2, 4, 2, 70, 32
+    q, k, v = make_inputs(B, H, Hkv, Lq, Lk, D, seed=9)
+    table = wavelet_table(TWO_CHUNKS, D, Lk, dtype=torch.float64)
+    pad = torch.ones(B, Lk, dtype=torch.bool)
+    pad[1, :30] = False
+    slopes = torch.tensor([0.5, 0.25, 0.125, 0.0625])
+    kwargs = dict(q_offset=Lk - Lq, key_padding_mask=pad, alibi_slopes=slopes)
+    want = reference_attention(q, k, v, table, **kwargs)
+    plain = reference_attention(*(t.float() for t in (q, k, v, table)), **kwargs)
+    bound = 2 * (plain.double() - want).abs().max() + 1e-6
+    inputs = [t.float().to(DEVICE) for t in (q, k, v, table)]
+    dev = {key: val.to(DEVICE) if isinstance(val, torch.Tensor) else val for key, val in kwargs.items()}
+    got = triton_decode_attention(*inputs, n_splits=3, block_n=16, **dev)
+    assert (got.double().cpu() - want).abs().max() <= bound
+    with torch.no_grad():  # without gradients, triton_attention picks the decoding kernel itself
+        auto = triton_attention(*inputs, **dev)
+    assert (auto.double().cpu() - want).abs().max() <= bound
+
+
+def test_chunk_supports_follow_the_cutoff():
+    table = wavelet_table(TWO_CHUNKS, 32, 200)
+    sup = chunk_supports(table, 16)
+    for c in range(2):
+        cols = table[:, 16 * c : 16 * c + 16]
+        r = int(sup.by_chunk[c])
+        assert cols[r:].abs().max() < 1e-6 <= cols[r - 1].abs().max()
+    assert chunk_supports(table, 16) is sup  # cached per live table
+    assert chunk_supports(torch.zeros(10, 32), 16).by_chunk.tolist() == [0, 0]  # NoPE / ALiBi tables
+
+
+def test_bad_inputs_raise_clear_errors(monkeypatch):
+    q, k, v = make_inputs(1, 2, 1, 4, 4, 16)
+    table = torch.zeros(4, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match="float16, bfloat16 and float32"):
+        triton_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), table.to(DEVICE))
+    q, k, v, table = (t.float().to(DEVICE) for t in (q, k, v, table))
+    with pytest.raises(ValueError, match="block must be a power of two"):
+        triton_attention(q, k, v, table, block=24)
+    with pytest.raises(ValueError, match="decode=True"):
+        triton_attention(q.requires_grad_(), k, v, table, decode=True)
+    if DEVICE == "cpu":
+        monkeypatch.delenv("TRITON_INTERPRET")
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            triton_attention(q, k, v, table)
+
+
+# ---------------------------------------------------------------------------------- GPU only
+@pytest.mark.gpu
+@pytest.mark.parametrize("preset", ["oka2025-4k", "long"])
+@pytest.mark.parametrize("length", [127, 1000, 2048])
+def test_gpu_bfloat16_presets_within_twice_plain_pytorch(preset, length):
+    config = WavePosConfig.from_preset(preset)
+    q, k, v = make_inputs(2, 4, 2, length, length, 128, seed=10)
+    table = wavelet_table(config, 128, length, dtype=torch.float64)
+    assert_within_twice_plain(q, k, v, table, torch.bfloat16, triton_attention)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("preset", ["oka2025-4k", "long"])
+def test_gpu_decoding_over_a_long_cache(preset):
+    config = WavePosConfig.from_preset(preset)
+    q, k, v = make_inputs(1, 8, 2, 1, 5000, 128, seed=11)
+    table = wavelet_table(config, 128, 5000, dtype=torch.float64)
+    want = reference_attention(q, k, v, table, q_offset=4999)
+    plain = reference_attention(*(t.bfloat16() for t in (q, k, v, table)), q_offset=4999)
+    got = triton_decode_attention(*(t.bfloat16().cuda() for t in (q, k, v, table)), q_offset=4999)
+    assert (got.double().cpu() - want).abs().max() <= 2 * (plain.double() - want).abs().max() + 1e-3
+
+
+@pytest.mark.gpu
+def test_gpu_triton_is_the_cuda_default_and_compiles():
+    from hf_wavepos.attention import default_backend
+
+    assert default_backend("cuda") == "triton"
+    q, k, v = (t.cuda().bfloat16().requires_grad_() for t in make_inputs(1, 4, 4, 300, 300, 64, seed=12))
+    table = wavelet_table(PAPER, 64, 300, device="cuda", dtype=torch.bfloat16)
+    eager = triton_attention(q, k, v, table)
+    compiled = torch.compile(lambda *a: triton_attention(*a), fullgraph=True)(q, k, v, table)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
