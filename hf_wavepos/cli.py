@@ -3,6 +3,9 @@
     wavepos --version
     wavepos basis [--preset oka2025] [--head-dim 64] [--length 2048] [--plot basis.png] [--json]
     wavepos demo [--out runs/demo] [--quick]
+    wavepos eval {ppl,passkey,needle,longdoc} ...      (see `wavepos eval --help`)
+    wavepos card MODEL_DIR --out FOLDER [--eval-run RUN --label NAME ...]
+    wavepos push MODEL_DIR REPO_ID [--eval-run RUN ...] [--private] [--revision BRANCH] [--dry-run --out FOLDER]
 """
 
 from __future__ import annotations
@@ -59,6 +62,60 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _card_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dir", help="folder of a saved wavepos model (with its tokenizer)")
+    parser.add_argument("--eval-run", help="evaluation run folder (`wavepos eval ... --out RUN`) for the card")
+    parser.add_argument("--label", help="this model's label in the evaluation run")
+    parser.add_argument("--name", help="display name (default: the output folder's or repository's name)")
+    parser.add_argument("--base-model", help="Hub id of the model it was converted from")
+    parser.add_argument("--dataset", action="append", default=[], help="training dataset id (repeatable)")
+    parser.add_argument("--license", default="apache-2.0")
+    parser.add_argument("--recipe", help="training recipe: a text or a YAML file shown in the card")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+
+
+def _recipe_text(value: str | None) -> str | None:
+    if value and Path(value).is_file():
+        return f"Training configuration (`{Path(value).name}`):\n\n```yaml\n{Path(value).read_text().strip()}\n```"
+    return value
+
+
+def _assemble(args: argparse.Namespace, out: Path, repo_id: str) -> Path:
+    from hf_wavepos.hub import assemble_folder
+
+    return assemble_folder(
+        args.model_dir, out, eval_run=args.eval_run, label=args.label, repo_id=repo_id,
+        name=args.name or repo_id.split("/")[-1], base_model=args.base_model, datasets=args.dataset,
+        license=args.license, recipe=_recipe_text(args.recipe), overwrite=args.overwrite,
+    )
+
+
+def _card(args: argparse.Namespace) -> int:
+    folder = _assemble(args, Path(args.out), args.repo_id or Path(args.out).name)
+    print(f"wrote {folder} (README.md card, safetensors weights, remote code, tokenizer"
+          f"{', eval files' if args.eval_run else ''}); upload it with `wavepos push`.")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from hf_wavepos.hub import push_folder
+
+    if args.dry_run and not args.out:
+        raise ValueError("--dry-run writes the folder that would be uploaded: give it with --out FOLDER.")
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(args.out) if args.out else Path(scratch) / args.repo_id.split("/")[-1]
+        folder = _assemble(args, out, args.repo_id)
+        if args.dry_run:
+            files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+            print(f"dry run: {folder} holds what would be uploaded to {args.repo_id}:\n  " + "\n  ".join(files))
+            return 0
+        url = push_folder(folder, args.repo_id, private=args.private, revision=args.revision, token=args.token)
+    print(f"uploaded: {url}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wavepos", description="Wavelet positions for Hugging Face models.")
     parser.add_argument("--version", action="version", version=f"hf_wavepos {__version__}")
@@ -78,6 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output folder")
     demo.add_argument("--quick", action="store_true", help="small sizes (for tests)")
     demo.set_defaults(func=_demo)
+
+    from hf_wavepos.eval.cli import add_eval_commands
+
+    add_eval_commands(sub)
+
+    card = sub.add_parser("card", help="assemble a Hub-ready folder (model card, weights, remote code)")
+    _card_options(card)
+    card.add_argument("--out", required=True, help="folder to write")
+    card.add_argument("--repo-id", help="Hub id used in the card's loading examples")
+    card.set_defaults(func=_card)
+
+    push = sub.add_parser("push", help="assemble the folder and upload it to the Hugging Face Hub")
+    _card_options(push)
+    push.add_argument("repo_id", help="user/name on the Hub (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--revision", help="branch to upload to (created if missing)")
+    push.add_argument("--token", help="Hub token (default: HF_TOKEN or the saved login)")
+    push.add_argument("--dry-run", action="store_true", help="write the folder (--out) and upload nothing")
+    push.add_argument("--out", help="where to write the folder (kept); default a temporary folder")
+    push.set_defaults(func=_push)
     return parser
 
 
@@ -89,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except ValueError as err:
+    except (ValueError, RuntimeError) as err:
         parser.exit(2, f"wavepos {args.command}: error: {err}\n")
 
 

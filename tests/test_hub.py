@@ -131,3 +131,24 @@ def test_push_fails_cleanly_without_token_or_network(published, monkeypatch, tmp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="cannot reach the Hugging Face Hub.*Nothing was uploaded"):
         push_folder(out, "someone/tiny-wavepos", token="hf_not_a_real_token")
+
+
+def test_cli_card_and_push_dry_run(published, tmp_path, capsys):
+    from hf_wavepos.cli import main
+
+    root, _, _, _ = published
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model: {arch: llama}\nsteps: 10\n")
+    assert main(["push", str(root / "model"), "someone/tiny", "--eval-run", str(root / "run"), "--label", "rope",
+                 "--dry-run", "--out", str(tmp_path / "dry"), "--recipe", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert "dry run" in out and "model.safetensors" in out and "README.md" in out
+    card = (tmp_path / "dry" / "README.md").read_text()
+    assert "**rope** (this model)" in card and "steps: 10" in card
+    check_folder(tmp_path / "dry")
+    assert main(["card", str(root / "model"), "--out", str(tmp_path / "card"), "--eval-run", str(root / "run"),
+                 "--label", "wavelet"]) == 0
+    with pytest.raises(SystemExit) as exit_:
+        main(["push", str(root / "model"), "someone/tiny", "--dry-run"])
+    assert exit_.value.code == 2
+    assert "--dry-run writes the folder" in capsys.readouterr().err
