@@ -166,6 +166,19 @@ def test_metric_module_loads_offline_and_matches(llama, tokenizer, docs, monkeyp
     direct = [hand_full(llama, [tokenizer(t)["input_ids"] for t in texts], n)[0] for n in (32, 96)]
     assert out["lengths"] == [32, 96]
     assert out["perplexities"] == pytest.approx(direct, rel=1e-5)
-    sliding = metric.compute(predictions=texts, model=llama, tokenizer=tokenizer, lengths=[32], mode="sliding", stride=8)
+    sliding = metric.compute(predictions=texts, model=llama, tokenizer=tokenizer, lengths=[32], mode="sliding", stride=16)
     assert sliding["perplexities"][0] == pytest.approx(
-        hand_sliding(llama, [tokenizer(t)["input_ids"] for t in texts], 32, 8)[0], rel=1e-5)
+        hand_sliding(llama, [tokenizer(t)["input_ids"] for t in texts], 32, 16)[0], rel=1e-5)
+
+
+def test_wavepos_model_full_and_sliding_equal_hand_computation(tokenizer, docs):
+    from hf_wavepos import apply_wavepos
+    from test_eval_fixtures import tiny_llama
+
+    model = apply_wavepos(tiny_llama(len(tokenizer), seed=2), "long")
+    assert model.config.model_type == "wavepos_llama"
+    long_docs = docs[2:]  # 100 and 130 tokens
+    full = perplexity_by_length(model, long_docs, [48, 96], show_progress=False)
+    assert [r.perplexity for r in full] == pytest.approx([hand_full(model, long_docs, n)[0] for n in (48, 96)], rel=1e-5)
+    sliding = perplexity_by_length(model, long_docs, [48], mode="sliding", stride=20, show_progress=False)
+    assert sliding[0].perplexity == pytest.approx(hand_sliding(model, long_docs, 48, 20)[0], rel=1e-5)

@@ -10,7 +10,7 @@ Haystack sources (`haystack_sentences`):
 
 - ``"debian-faq"`` (default): the Debian GNU/Linux FAQ prose shipped in ``eval/data`` (see
   ``eval/data/README.md`` for provenance and licence).
-- ``"stdlib-docstrings"``: the module docstrings of this interpreter's standard library.
+- ``"stdlib-docstrings"``: the docstrings of this interpreter's top-level standard library modules.
 - ``"classic"``: the repeated filler of the original passkey test (Mohtashami & Jaggi, 2023),
   for comparison with published passkey numbers; it is not real text.
 - any `hf_wavepos.eval.sources.load_texts` source (a path, a Hub dataset, ``"stdlib"``).
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import ast
 import re
+import sysconfig
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 CLASSIC_FILLER = (
@@ -45,11 +47,9 @@ def split_sentences(text: str) -> list[str]:
 
 
 def stdlib_docstrings() -> list[str]:
-    """Module docstrings of the standard library (sorted by file), as texts."""
-    from hf_wavepos.eval.sources import stdlib_files
-
+    """Docstrings of the top-level standard library modules (sorted by file), as texts."""
     docs = []
-    for path in stdlib_files():
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
         try:
             tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
         except SyntaxError:  # a few test files are deliberately invalid
@@ -108,13 +108,19 @@ class Haystack:
         return list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def _take(self, budget: int, offset: int) -> list[str]:
-        """Sentences from ``offset`` (cycling) whose estimated tokens sum to at most ``budget``."""
+        """Sentences from ``offset`` (cycling) whose estimated tokens sum to at most ``budget``; the
+        last one may be cut at a word boundary to fill the budget."""
         taken, used, i = [], 0, offset
         while True:
+            sentence = self.sentences[i % len(self.sentences)]
             n = self.lengths[i % len(self.sentences)]
             if used + n > budget:
+                words = sentence.split()
+                keep = int((budget - used) * len(words) / n)
+                if keep > 0:
+                    taken.append(" ".join(words[:keep]))
                 return taken
-            taken.append(self.sentences[i % len(self.sentences)])
+            taken.append(sentence)
             used += n
             i += 1
 
@@ -151,24 +157,24 @@ class Haystack:
             )
         order = sorted(range(len(needles)), key=lambda k: needles[k][0])
         ordered = [needles[k] for k in order]
-        best = None
-        for _ in range(6):  # per-sentence counts only estimate the joint tokenisation: correct the budget
-            sentences = self._take(budget, offset)
-            prompt = self._layout(sentences, ordered, prefix, suffix, offset)
+        best, low, high = None, None, None  # low / high: budgets known to give <= / > context_length
+        for _ in range(16):  # per-sentence counts only estimate the joint tokenisation: search the budget
+            prompt = self._layout(self._take(budget, offset), ordered, prefix, suffix, offset)
             n = len(prompt.input_ids)
-            if n <= context_length and (best is None or n > len(best.input_ids)):
-                best = prompt
-            if n > context_length:
-                budget -= n - context_length
-            elif context_length - n < self.lengths[(offset + len(sentences)) % len(self.sentences)]:
-                break  # the next sentence would not fit: as full as it gets
+            if n <= context_length:
+                if best is None or n > len(best.input_ids):
+                    best = prompt
+                if context_length - n <= 1:
+                    break
+                low = budget
+                budget = budget + (context_length - n) if high is None else (budget + high) // 2
             else:
-                budget += context_length - n
-        while best is None:  # only shrinking can help now
-            budget -= 8
-            prompt = self._layout(self._take(max(budget, 0), offset), ordered, prefix, suffix, offset)
-            if len(prompt.input_ids) <= context_length or budget <= 0:
-                best = prompt
+                high = budget
+                budget = budget - (n - context_length) if low is None else (low + budget) // 2
+            if budget < 0 or (low is not None and high is not None and high - low <= 1):
+                break
+        if best is None:
+            best = self._layout([], ordered, prefix, suffix, offset)
         prompt = best
         # report needles in the caller's order
         starts, depths = [0] * len(needles), [0.0] * len(needles)
@@ -179,6 +185,8 @@ class Haystack:
 
     def _layout(self, sentences, needles, prefix, suffix, offset) -> Prompt:
         lens = [self.lengths[(offset + i) % len(self.sentences)] for i in range(len(sentences))]
+        if sentences and sentences[-1] != self.sentences[(offset + len(sentences) - 1) % len(self.sentences)]:
+            lens[-1] = len(self.encode(" " + sentences[-1]))  # the cut last sentence
         total = sum(lens)
         cumulative = [0]
         for n in lens:
