@@ -28,7 +28,8 @@ def make_inputs(B, H, Hkv, Lq, Lk, D, seed=0):
 
 def forward_error(fn, q, k, v, table64, dtype, **kwargs):
     truth = reference_attention(q, k, v, table64, **kwargs)
-    cast = {key: val.to(dtype) if torch.is_tensor(val) and val.is_floating_point() else val for key, val in kwargs.items()}
+    cast = {key: val.to(dtype) if torch.is_tensor(val) and val.is_floating_point() else val
+            for key, val in kwargs.items()}
     with torch.no_grad():
         out = fn(q.to(dtype), k.to(dtype), v.to(dtype), table64.to(dtype), **cast)
     return (out.double() - truth).abs().max().item()

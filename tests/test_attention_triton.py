@@ -7,7 +7,11 @@ a CUDA machine the same cases run compiled on the GPU, plus the bfloat16 / prese
 plain PyTorch (`reference_attention`) in the same precision, for the output and every gradient.
 """
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,7 +41,8 @@ def make_inputs(B, H, Hkv, Lq, Lk, D, seed=0):
 def errors_vs_truth(fn, q, k, v, table64, dtype, **kwargs):
     """Max abs error of fn run in ``dtype`` against the float64 reference: [out, dq, dk, dv]."""
     q, k, v = (t.requires_grad_() for t in (q, k, v))
-    extra64 = {key: val.double() if torch.is_tensor(val) and val.is_floating_point() else val for key, val in kwargs.items()}
+    extra64 = {key: val.double() if torch.is_tensor(val) and val.is_floating_point() else val
+               for key, val in kwargs.items()}
     truth = reference_attention(q, k, v, table64, **extra64)
     grad = torch.randn(truth.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     truth_grads = torch.autograd.grad(truth, (q, k, v), grad)
@@ -159,6 +164,23 @@ def test_bad_inputs_raise_clear_errors(monkeypatch):
         monkeypatch.delenv("TRITON_INTERPRET")
         with pytest.raises(ValueError, match="needs a CUDA device"):
             triton_attention(q, k, v, table)
+
+
+def test_gpu_benchmark_script_runs_end_to_end_in_cpu_smoke_mode(tmp_path):
+    """bench/attention_gpu.py at toy sizes on CPU: every section runs, JSON (device named) + PNG."""
+    script = Path(__file__).parents[1] / "bench" / "attention_gpu.py"
+    env = dict(os.environ, TRITON_INTERPRET="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, str(script), "--cpu-smoke", "--presets", "long", "--out-dir", str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "attention_gpu.json").read_text())
+    assert "Triton interpreter" in result["device"]
+    assert {"sdpa", "sdpa_rope", "triton/long"} <= set(result["attention"]["32"])
+    assert result["attention"]["32"]["triton/long"]["seconds"] > 0
+    assert {"sdpa", "triton/long"} <= set(result["decode"])
+    assert result["training"]["wavepos/long"]["tokens_per_second"] > 0
+    assert "training_throughput_vs_rope/long" in result["targets"]
+    assert (tmp_path / "attention_gpu.png").stat().st_size > 10_000
 
 
 # ---------------------------------------------------------------------------------- GPU only

@@ -41,7 +41,7 @@ def _dlogits(s, lse, delta, do, v, DOT_PRECISION: tl.constexpr):
     return p, p * (dp - delta[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["q_len", "k_len", "q_offset"])
 def _bwd_dq_kernel(
     Q, K, V, P, SUP_SORTED, SUP_CHUNK, ORDER, PAD, DOC, MASK, SLOPES, DO, LSE, DELTA, DQ,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
@@ -140,7 +140,7 @@ def _bwd_dq_kernel(
              dq.to(DQ.dtype.element_ty), mask=qd_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["q_len", "k_len", "q_offset"])
 def _bwd_dkdv_kernel(
     Q, K, V, P, SUP_SORTED, ORDER, PAD, DOC, MASK, SLOPES, DO, LSE, DELTA, DK, DV,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
@@ -218,8 +218,10 @@ def _bwd_dkdv_kernel(
             dv = tl.dot(tl.trans(p).to(do.dtype), do, dv, input_precision=DOT_PRECISION)
             dk = tl.dot(tl.trans(ds).to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     dk = dk * scaling
-    tl.store(DK + b * stride_kb + kvh * stride_kh + kv_off * stride_kn + cols[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + b * stride_vb + kvh * stride_vh + kv_off * stride_vn + cols[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+    dk_ptrs = DK + b * stride_kb + kvh * stride_kh + kv_off * stride_kn + cols[None, :]
+    dv_ptrs = DV + b * stride_vb + kvh * stride_vh + kv_off * stride_vn + cols[None, :]
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 def attention_backward(

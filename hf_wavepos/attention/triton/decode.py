@@ -24,7 +24,7 @@ from hf_wavepos.attention.triton.support import next_power_of_2
 from hf_wavepos.attention.triton.tiles import mask_logits, online_softmax_step, positional_block
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["q_len", "k_len", "n_table_rows", "q_offset", "keys_per_split"])
 def _decode_split_kernel(
     Q, K, V, P, SUP_SORTED, ORDER, PAD, DOC, MASK, SLOPES, OPART, MPART, LPART,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
@@ -97,7 +97,7 @@ def _decode_split_kernel(
     tl.store(LPART + part, l_i)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_splits", "q_len"])
 def _decode_combine_kernel(
     OPART, MPART, LPART, OUT, stride_ob, stride_oh, stride_om,
     n_splits, n_bkv, Hkv, G, q_len, head_dim,
@@ -120,7 +120,8 @@ def _decode_combine_kernel(
     num = tl.sum(w[:, None] * acc, axis=0)
     den = tl.sum(w * l, axis=0)
     out = num / tl.where(den == 0.0, 1.0, den)
-    tl.store(OUT + b * stride_ob + h * stride_oh + i * stride_om + cols, out.to(OUT.dtype.element_ty), mask=cols < head_dim)
+    out_ptrs = OUT + b * stride_ob + h * stride_oh + i * stride_om + cols
+    tl.store(out_ptrs, out.to(OUT.dtype.element_ty), mask=cols < head_dim)
 
 
 @functools.lru_cache(maxsize=8)
@@ -138,9 +139,9 @@ def attention_decode(
 ) -> torch.Tensor:
     """Split-K decoding: out (B, H, Lq, D) for few queries (Lq <= 16, (H/Hkv) x Lq <= 64).
 
-    Args as in `forward.attention_forward` (extras: `forward.Extras`); block_n is the key tile (default 64 on GPU, 16
-    in the interpreter) and n_splits the number of cache slices (default: enough programs
-    for two per multiprocessor).
+    Args as in `forward.attention_forward` (extras: `forward.Extras`); block_n is the key tile
+    (default 64 on GPU, 16 in the interpreter) and n_splits the number of cache slices
+    (default: enough programs for two per multiprocessor).
     """
     B, H, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]

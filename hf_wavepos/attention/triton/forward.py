@@ -13,7 +13,7 @@ from hf_wavepos.attention.triton.tiles import mask_logits, online_softmax_step, 
 LOG2E = 1.4426950408889634
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["q_len", "k_len", "q_offset"])
 def _fwd_kernel(
     Q, K, V, P, SUP_SORTED, ORDER, PAD, DOC, MASK, SLOPES, OUT, LSE,
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
