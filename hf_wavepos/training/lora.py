@@ -1,0 +1,106 @@
+"""LoRA through PEFT, with LongLoRA's option to also train the embeddings and the norms.
+
+The default LoRA targets are the model integration's (`hf_wavepos.lora_target_modules`: the
+wavepos attention keeps the stock parameter names, so the same names serve stock and converted
+models); this module adds the names of the embeddings and norms for LongLoRA:
+
+| architecture | default LoRA targets | embeddings | norms |
+|---|---|---|---|
+| llama | q_proj, k_proj, v_proj, o_proj | embed_tokens | input_layernorm, post_attention_layernorm, norm |
+| gpt_neox | query_key_value | embed_in | input_layernorm, post_attention_layernorm, final_layer_norm |
+| gpt2 | c_attn (a Conv1D: fan_in_fan_out) | wte | ln_1, ln_2, ln_f |
+
+Embeddings and norms are trained as PEFT ``modules_to_save``: trained copies saved inside the
+adapter and swapped in by ``merge_and_unload``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hf_wavepos.training.config import LoraSection
+from hf_wavepos.training.modeling import base_architecture
+
+
+@dataclass(frozen=True)
+class LoraLayout:
+    """Module names of one architecture for LongLoRA's extra trainables (see the module docstring)."""
+
+    embeddings: tuple[str, ...]
+    norms: tuple[str, ...]
+    fan_in_fan_out: bool = False
+
+
+LAYOUTS: dict[str, LoraLayout] = {
+    "llama": LoraLayout(("embed_tokens",), ("input_layernorm", "post_attention_layernorm", "norm")),
+    "gpt_neox": LoraLayout(("embed_in",), ("input_layernorm", "post_attention_layernorm", "final_layer_norm")),
+    "gpt2": LoraLayout(("wte",), ("ln_1", "ln_2", "ln_f"), fan_in_fan_out=True),
+}
+
+
+def lora_config(section: LoraSection, model_type: str, *, tied_embeddings: bool = False) -> Any:
+    """The `peft.LoraConfig` for a model of ``model_type``.
+
+    Args:
+        section: the ``lora`` section of the experiment.
+        model_type: e.g. ``"wavepos_llama"`` or ``"llama"``.
+        tied_embeddings: the model ties input and output embeddings (keep them tied when the
+            embeddings are trained).
+
+    Raises:
+        ValueError: an architecture without a layout and no explicit ``lora.target_modules``.
+    """
+    from peft import LoraConfig
+
+    layout = LAYOUTS.get(base_architecture(model_type))
+    if layout is None and (section.target_modules is None or section.train_embeddings or section.train_norms):
+        raise ValueError(
+            f"no LoRA layout for model type {model_type!r} (known: {', '.join(LAYOUTS)}); set lora.target_modules "
+            "and leave lora.train_embeddings / lora.train_norms off."
+        )
+    if section.target_modules is not None:
+        targets = list(section.target_modules)
+    else:
+        from hf_wavepos import lora_target_modules
+
+        targets = lora_target_modules(model_type)
+    to_save = [*(layout.embeddings if section.train_embeddings else ()), *(layout.norms if section.train_norms else ())]
+    kwargs: dict[str, Any] = {}
+    if section.train_embeddings and tied_embeddings:
+        kwargs["ensure_weight_tying"] = True
+    return LoraConfig(
+        task_type="CAUSAL_LM", r=section.r, lora_alpha=section.alpha, lora_dropout=section.dropout,
+        target_modules=targets, modules_to_save=to_save or None,
+        fan_in_fan_out=bool(layout and layout.fan_in_fan_out), **kwargs,
+    )
+
+
+def wrap_lora(model: torch.nn.Module, section: LoraSection) -> torch.nn.Module:
+    """Freeze ``model`` and add LoRA adapters (plus trainable embeddings / norms if asked).
+
+    Returns:
+        A `peft.PeftModel`; only adapter (and ``modules_to_save``) parameters require grad.
+    """
+    from peft import get_peft_model
+
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    return get_peft_model(model, lora_config(section, model.config.model_type, tied_embeddings=tied))
+
+
+def merge_adapter(base: torch.nn.Module, adapter_dir: str | Path) -> torch.nn.Module:
+    """Load a saved adapter onto ``base`` and merge it into the weights.
+
+    Args:
+        base: a freshly built base model (same architecture and position method as in training).
+        adapter_dir: folder written by ``PeftModel.save_pretrained``.
+
+    Returns:
+        The plain transformers model with LoRA deltas added and trained embeddings / norms in place.
+    """
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
