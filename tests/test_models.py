@@ -215,6 +215,7 @@ def test_remote_code_loads_without_the_plugin(arch, tmp_path):
     model.save_pretrained(folder)
     source = (folder / f"modeling_wavepos_{arch}.py").read_text()
     assert "import hf_wavepos" not in source and "from hf_wavepos" not in source
+    assert "register_backend(\"triton\"" not in source and "register_backend(\"flex\"" not in source
     ids = tokens(2, 15)
     torch.save(ids, tmp_path / "ids.pt")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}

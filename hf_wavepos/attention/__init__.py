@@ -9,6 +9,7 @@ from hf_wavepos.attention.dispatch import (
     wavepos_attention,
 )
 from hf_wavepos.attention.reference import reference_attention
+from hf_wavepos.attention import gpu as _gpu  # noqa: F401  (registers the CUDA backends)
 
 __all__ = [
     "available_backends",

@@ -5,7 +5,8 @@
     reference  materialised, exact in float64 (tests, ``attn_implementation="eager"``)
     chunked    query-chunked, O(chunk x Lk) memory, recomputing backward (CPU default)
 
-GPU backends (FlexAttention, Triton) register themselves here when they are importable.
+GPU backends (FlexAttention, Triton) are registered by `hf_wavepos.attention.gpu`, not here,
+so that the bundled remote code carries only the portable ones.
 Choose explicitly with ``backend=...``, or for a block of code with `use_backend` (tests).
 """
 
@@ -151,32 +152,7 @@ def wavepos_attention(
     )
 
 
-_ALL_OPTIONAL = ("attn_mask", "alibi_slopes")
-register_backend("reference", reference_attention, supports=lambda device: True, priority=0, accepts=_ALL_OPTIONAL)
-register_backend("chunked", chunked_attention, supports=lambda device: True, priority=10, accepts=_ALL_OPTIONAL)
+OPTIONAL_INPUTS = ("attn_mask", "alibi_slopes")
+register_backend("reference", reference_attention, supports=lambda device: True, priority=0, accepts=OPTIONAL_INPUTS)
+register_backend("chunked", chunked_attention, supports=lambda device: True, priority=10, accepts=OPTIONAL_INPUTS)
 
-
-# GPU backends (issue 4). Imported on first call: importing hf_wavepos never imports triton
-# (whose kernels read TRITON_INTERPRET when they are defined). CUDA only; chunked stays the CPU
-# default. triton serves every preset; flex refuses tables whose band exceeds FLEX_MAX_BAND.
-def _cuda_and_importable(module: str) -> Callable[[torch.device], bool]:
-    import importlib.util
-
-    importable = importlib.util.find_spec(module) is not None
-    return lambda device: device.type == "cuda" and importable
-
-
-def _triton_backend(*args, **kwargs) -> torch.Tensor:
-    from hf_wavepos.attention.triton import triton_attention
-
-    return triton_attention(*args, **kwargs)
-
-
-def _flex_backend(*args, **kwargs) -> torch.Tensor:
-    from hf_wavepos.attention.flex import flex_attention
-
-    return flex_attention(*args, **kwargs)
-
-
-register_backend("triton", _triton_backend, supports=_cuda_and_importable("triton"), priority=30, accepts=_ALL_OPTIONAL)
-register_backend("flex", _flex_backend, supports=_cuda_and_importable("torch.nn.attention.flex_attention"), priority=20, accepts=_ALL_OPTIONAL)
