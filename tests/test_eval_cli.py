@@ -41,7 +41,7 @@ def test_all_eval_commands_fill_one_run_folder(folders, tmp_path, capsys):
                 "--mode", "sliding", "--stride", "32", "--out", str(tmp_path / "sliding")]) == 0
     assert run(["eval", "passkey", "--model", f"wavelet={wave}", "--lengths", "128", "--depths", "0.5",
                 "--samples", "1", *common]) == 0
-    assert run(["eval", "needle", "--model", str(wave), "--lengths", "256", "--depths", "0,1", "--samples", "1",
+    assert run(["eval", "needle", "--model", str(wave), "--lengths", "256", "--depths", "0.5", "--samples", "1",
                 "--variant", "distractor", "--needles", "2", *common]) == 0
     assert run(["eval", "longdoc", "--model", f"wavelet={wave}", "--data", "debian_faq_qa", "--limit", "1",
                 "--max-length", "192", "--max-new-tokens", "6", *common]) == 0
@@ -67,8 +67,11 @@ def test_cli_errors_are_clear(folders, tmp_path):
     short.write_text(json.dumps({"text": "too short"}) + "\n")
     with pytest.raises(ValueError, match="no document reaches length 512 tokens"):
         run(["eval", "ppl", "--model", str(stock), "--data", str(short), "--lengths", "512", "--out", str(tmp_path)])
-    with pytest.raises(ValueError, match="could not load model"):
+    with pytest.raises(ValueError, match="model folder '.*nothing' does not exist"):
         run(["eval", "passkey", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path)])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="could not load model '.*empty'"):
+        run(["eval", "passkey", "--model", str(tmp_path / "empty"), "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="does not exist"):
         run(["eval", "ppl", "--model", str(stock), "--data", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path)])
     with pytest.raises(SystemExit):

@@ -62,8 +62,13 @@ def test_missing_debian_faq_package_is_a_clear_error(tmp_path):
         build_debian_faq_chapters(tmp_path / "missing.txt.gz", tmp_path / "out.jsonl")
 
 
-def test_stdlib_summarisation_set_separates_docstring_and_code():
-    records = stdlib_summarization_records()
+@pytest.fixture(scope="module")
+def summaries():
+    return stdlib_summarization_records()
+
+
+def test_stdlib_summarisation_set_separates_docstring_and_code(summaries):
+    records = summaries
     assert len(records) >= 20
     for r in records[:10]:
         summary = r["answers"][0]
@@ -111,8 +116,8 @@ def test_run_on_debian_faq_truncates_generates_and_scores(llama, tokenizer, tmp_
     assert "predictions" not in json.loads(files[0].read_text())["tiny"]
 
 
-def test_summarisation_scores_with_rouge_l(llama, tokenizer):
-    records = load_longdoc_records("stdlib_summ", limit=1)
+def test_summarisation_scores_with_rouge_l(llama, tokenizer, summaries):
+    records = [normalize_record(summaries[0])]
     result = run_longdoc(llama, tokenizer, records, "stdlib_summ", max_length=200, max_new_tokens=6, show_progress=False)
     assert result["metric"] == "rouge_l" and "exact_match" not in result
     # a perfect summary scores 100, an unrelated one 0

@@ -52,17 +52,17 @@ def test_prompt_too_short_for_the_question_is_a_clear_error(haystack):
 
 
 def test_passkey_run_scores_exactly_and_writes_heatmaps(llama, tokenizer, tmp_path):
-    result = run_passkey(llama, tokenizer, [128, 256], [0.0, 0.5, 1.0], num_samples=2, seed=3, show_progress=False)
+    result = run_passkey(llama, tokenizer, [128, 256], [0.0, 0.5], num_samples=2, seed=3, show_progress=False)
     rows = result["samples"]
-    assert len(rows) == 2 * 3 * 2
+    assert len(rows) == 2 * 2 * 2
     assert len({r["key"] for r in rows}) == len(rows)
     for row in rows:
         assert row["correct"] == retrieval_exact(row["output"], row["key"])
         assert row["prompt_tokens"] <= row["length"]
     cell = [r["correct"] for r in rows if r["length"] == 256 and r["depth"] == 0.5]
     assert result["accuracy"][1][1] == sum(cell) / 2
-    again = run_passkey(llama, tokenizer, [128, 256], [0.0, 0.5, 1.0], num_samples=2, seed=3, show_progress=False)
-    assert again == result  # seeded and greedy: reproducible
+    again = run_passkey(llama, tokenizer, [128], [0.0], num_samples=2, seed=3, show_progress=False)
+    assert again["samples"] == rows[:2]  # seeded and greedy: reproducible
     files = write_retrieval({"tiny": result}, tmp_path, "passkey")
     assert [f.name for f in files] == ["passkey.json", "passkey.csv", "passkey_tiny.png"]
     png = (tmp_path / "passkey_tiny.png").read_bytes()

@@ -61,6 +61,8 @@ def load_model(
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
     label, path = parse_model_spec(spec)
+    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
+        raise ValueError(f"model folder {path!r} does not exist; give a saved model folder or a Hub model id")
     kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
