@@ -367,8 +367,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-        hint = f"did you mean {prefix}{close[0]!r}? " if close else ""
-        raise ValueError(f"unknown config key {prefix}{key!r}; {hint}known keys: {', '.join(prefix + f for f in fields)}.")
+        hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
+        raise ValueError(f"unknown config key '{prefix}{key}'; {hint}known keys: {', '.join(prefix + f for f in fields)}.")
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]

@@ -41,7 +41,7 @@ from hf_wavepos.training import checkpoint as ckpt
 from hf_wavepos.training.batches import BatchPlan
 from hf_wavepos.training.config import TrainConfig
 from hf_wavepos.training.inputs import load_documents, load_run_tokenizer, prepare_batches
-from hf_wavepos.training.lora import merge_adapter, wrap_lora
+from hf_wavepos.training.lora import lora_config, merge_adapter, wrap_lora
 from hf_wavepos.training.modeling import check_model_inputs, instantiate_model, model_config, resolve_position
 from hf_wavepos.training.schedule import lr_lambda
 
@@ -194,6 +194,8 @@ def train(config: TrainConfig, resume_from_checkpoint: str | None = None) -> Tra
     tokenizer = load_run_tokenizer(config, splits, state)
     hf_config = model_config(config.model, tokenizer, config.data.block_size)
     check_model_inputs(hf_config, tokenizer, config.data.block_size, position)
+    if config.lora.enabled:  # validates targets and trainable extras against the architecture
+        lora_config(config.lora, hf_config.model_type, tied_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)))
 
     # ---- 2. data
     set_seed(config.train.seed)
@@ -210,8 +212,20 @@ def train(config: TrainConfig, resume_from_checkpoint: str | None = None) -> Tra
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         step_scheduler_with_optimizer=False,
     )
+    if accelerator.gradient_accumulation_steps != plan.accumulation_steps:
+        raise ValueError(
+            f"the launch configuration sets gradient accumulation to {accelerator.gradient_accumulation_steps}, but "
+            f"hf_wavepos derives it from train.global_batch_size: {plan.accumulation_steps}. Remove "
+            "gradient_accumulation_steps from the accelerate launch config / environment."
+        )
+    deepspeed = accelerator.state.deepspeed_plugin
+    if deepspeed is not None:  # no prepared dataloader: tell DeepSpeed the micro-batch and clipping
+        deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = plan.per_device_batch_size
+        deepspeed.deepspeed_config["gradient_accumulation_steps"] = plan.accumulation_steps
+        if config.optim.max_grad_norm is not None:
+            deepspeed.deepspeed_config["gradient_clipping"] = config.optim.max_grad_norm
     model = instantiate_model(config.model, hf_config, position, seed=config.train.seed)
-    model_type = model.config.model_type  # after conversion, e.g. wavepos_llama
+    model_type = type(model.config).model_type  # after conversion, e.g. wavepos_llama
     model.config.use_cache = False
     if config.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -362,15 +376,18 @@ def _checkpoint_trainable_only(accelerator: Any, model: Any) -> None:
 
 
 def _load_lora_checkpoint(accelerator: Any, model: Any, checkpoint: Path) -> dict[str, Any]:
+    from accelerate.utils import DistributedType
     from safetensors import safe_open
 
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        return ckpt.load_checkpoint(accelerator, checkpoint)  # their checkpoints hold the whole model
     weights = Path(checkpoint) / "model.safetensors"
-    if weights.is_file():
+    if weights.is_file():  # saved by _checkpoint_trainable_only: only the trained tensors
         with safe_open(str(weights), "pt") as handle:
             stored = set(handle.keys())
         missing = sorted(n for n, p in model.named_parameters() if p.requires_grad and n not in stored)
         if missing:
-            raise ValueError(f"checkpoint {checkpoint} lacks trained tensors {missing[:5]}...; it is not from this run.")
+            raise ValueError(f"checkpoint {checkpoint} lacks trained tensors {missing[:5]}: it is not from this run.")
     accelerator.load_state(str(checkpoint), strict=False)
     return ckpt.read_state(checkpoint)
 

@@ -48,11 +48,11 @@ def lora_config(section: LoraSection, model_type: str, *, tied_embeddings: bool 
     Args:
         section: the ``lora`` section of the experiment.
         model_type: e.g. ``"wavepos_llama"`` or ``"llama"``.
-        tied_embeddings: the model ties input and output embeddings (keep them tied when the
-            embeddings are trained).
+        tied_embeddings: the model ties input and output embeddings.
 
     Raises:
-        ValueError: an architecture without a layout and no explicit ``lora.target_modules``.
+        ValueError: an architecture without a layout and no explicit ``lora.target_modules``, or
+            trained embeddings on a model with tied embeddings.
     """
     from peft import LoraConfig
 
@@ -68,14 +68,17 @@ def lora_config(section: LoraSection, model_type: str, *, tied_embeddings: bool 
         from hf_wavepos import lora_target_modules
 
         targets = lora_target_modules(model_type)
-    to_save = [*(layout.embeddings if section.train_embeddings else ()), *(layout.norms if section.train_norms else ())]
-    kwargs: dict[str, Any] = {}
     if section.train_embeddings and tied_embeddings:
-        kwargs["ensure_weight_tying"] = True
+        raise ValueError(
+            f"lora.train_embeddings with tied input/output embeddings ({model_type}, tie_word_embeddings=true) is "
+            "not supported: PEFT would train a copy of the input embedding while the output head stays on the frozen "
+            "original, and the merged model would differ from the adapter model. Set lora.train_embeddings false."
+        )
+    to_save = [*(layout.embeddings if section.train_embeddings else ()), *(layout.norms if section.train_norms else ())]
     return LoraConfig(
         task_type="CAUSAL_LM", r=section.r, lora_alpha=section.alpha, lora_dropout=section.dropout,
         target_modules=targets, modules_to_save=to_save or None,
-        fan_in_fan_out=bool(layout and layout.fan_in_fan_out), **kwargs,
+        fan_in_fan_out=bool(layout and layout.fan_in_fan_out),
     )
 
 

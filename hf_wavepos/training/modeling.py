@@ -163,6 +163,12 @@ def check_model_inputs(config: Any, tokenizer: Any, block_size: int, position: s
                 f"model type {model_type!r} cannot be converted to wavelet positions; supported: "
                 f"{', '.join(ARCHITECTURES)}. Use model.position: rope to train it unchanged."
             )
+        for name in ("attention_dropout", "attn_pdrop"):
+            if float(getattr(config, name, 0.0) or 0.0) > 0:
+                raise ValueError(
+                    f"the checkpoint's {name}={getattr(config, name)} is attention dropout, which the wavepos attention "
+                    f"backends do not support; add model.config_overrides: {{{name}: 0.0}} to convert it."
+                )
         if getattr(position, "method", "wavelet") == "wavelet":
             try:
                 position.check_head_dim(head_dim_of(config))
