@@ -182,3 +182,15 @@ def test_wavepos_model_full_and_sliding_equal_hand_computation(tokenizer, docs):
     assert [r.perplexity for r in full] == pytest.approx([hand_full(model, long_docs, n)[0] for n in (48, 96)], rel=1e-5)
     sliding = perplexity_by_length(model, long_docs, [48], mode="sliding", stride=20, show_progress=False)
     assert sliding[0].perplexity == pytest.approx(hand_sliding(model, long_docs, 48, 20)[0], rel=1e-5)
+
+
+def test_stdlib_heldout_source_is_the_recipes_validation_split():
+    from hf_wavepos.data import load_text_splits
+    from hf_wavepos.eval.sources import load_texts
+
+    held_out = load_texts("stdlib-heldout:5:3")
+    assert len(held_out) == 5
+    train = load_text_splits("stdlib", validation_size=5, seed=3, max_documents=50).train["text"]
+    assert not set(held_out) & set(train)
+    with pytest.raises(ValueError, match="write stdlib-heldout:N or stdlib-heldout:N:SEED"):
+        load_texts("stdlib-heldout")

@@ -3,7 +3,7 @@
 Every command takes one or more ``--model [label=]path_or_hub_id`` and writes into one run
 folder (``--out``, default ``runs/eval``), recorded in ``run.json`` (see `hf_wavepos.eval.report`)::
 
-    wavepos eval ppl --model rope=ckpt/rope --model wave=ckpt/wave --data stdlib --lengths 512,1024,2048,4096
+    wavepos eval ppl --model rope=ckpt/rope --model wave=ckpt/wave --data stdlib-heldout:40 --lengths 512,1024,2048,4096
     wavepos eval ppl --model ckpt/wave --mode sliding --stride 256 --lengths 512,1024
     wavepos eval passkey --model ckpt/wave --lengths 512,1024,2048 --depths 0,0.25,0.5,0.75,1
     wavepos eval needle --model ckpt/wave --variant distractor --needles 4
@@ -138,7 +138,8 @@ def add_eval_commands(subparsers) -> argparse.ArgumentParser:
 
     ppl = sub.add_parser("ppl", help="perplexity against context length (JSON, CSV, PNG)")
     _common(ppl)
-    ppl.add_argument("--data", default="stdlib", help="stdlib, a .jsonl / text file / folder, or a Hub dataset name")
+    ppl.add_argument("--data", default="stdlib", help="stdlib, stdlib-heldout:N[:SEED] (a recipe's held-out files), "
+                     "a .jsonl / text file / folder, or a Hub dataset name")
     ppl.add_argument("--text-column", default="text")
     ppl.add_argument("--dataset-config")
     ppl.add_argument("--split", default="test")

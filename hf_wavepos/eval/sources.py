@@ -4,6 +4,9 @@
 
 - ``"stdlib"``: every ``.py`` file of this interpreter's standard library (sorted by path; no
   ``site-packages``). It is on every machine that runs Python, so it works offline.
+- ``"stdlib-heldout:N"`` or ``"stdlib-heldout:N:SEED"``: the documents the training recipes hold
+  out of the embedded corpus with ``data.validation_size: N`` and ``data.seed: SEED`` (default 0),
+  via `hf_wavepos.data.load_text_splits`, so a model is scored on files it never saw.
 - a path: a ``.jsonl`` file (one document per line, field ``text_column``), a ``.txt`` / ``.py`` /
   ``.md`` file (one document), or a folder (all such files below it, sorted).
 - anything else: a Hugging Face Hub dataset name, loaded with ``datasets.load_dataset(name,
@@ -82,6 +85,28 @@ def load_hub_dataset(name: str, config_name: str | None = None, split: str = "te
         ) from err
 
 
+def stdlib_heldout_texts(spec: str) -> list[str]:
+    """Texts of ``"stdlib-heldout:N[:SEED]"``: the training recipes' held-out stdlib files.
+
+    N is a count (``40``) or a fraction (``0.02``), as in ``data.validation_size``.
+    """
+    from hf_wavepos.data import load_text_splits
+
+    parts = spec.split(":")
+    try:
+        if parts[0] != "stdlib-heldout" or len(parts) not in (2, 3):
+            raise ValueError
+        size = float(parts[1]) if "." in parts[1] else int(parts[1])
+        seed = int(parts[2]) if len(parts) == 3 else 0
+    except ValueError:
+        raise ValueError(
+            f"source {spec!r}: write stdlib-heldout:N or stdlib-heldout:N:SEED with the recipe's "
+            "data.validation_size (N) and data.seed (SEED), e.g. stdlib-heldout:40"
+        ) from None
+    splits = load_text_splits("stdlib", validation_size=size, seed=seed, max_documents=1)
+    return list(splits.validation["text"])
+
+
 def load_texts(
     source: str,
     *,
@@ -94,7 +119,8 @@ def load_texts(
     """Load evaluation documents as strings.
 
     Args:
-        source: ``"stdlib"``, a local path, or a Hub dataset name (see the module docstring).
+        source: ``"stdlib"``, ``"stdlib-heldout:N[:SEED]"``, a local path, or a Hub dataset name
+            (see the module docstring).
         text_column: the field holding the text (JSON lines and Hub datasets).
         config_name: the Hub dataset's configuration, if it has several.
         split: the Hub dataset's split.
@@ -110,6 +136,8 @@ def load_texts(
     """
     if source == "stdlib":
         texts = [p.read_text(encoding="utf-8", errors="replace") for p in stdlib_files()]
+    elif source.startswith("stdlib-heldout"):
+        texts = stdlib_heldout_texts(source)
     elif looks_like_path(source):
         path = Path(source).expanduser()
         if not path.exists():
