@@ -46,7 +46,8 @@ autograd through ``torch.library`` custom ops, so ``torch.compile`` sees one opa
 `triton_decode_attention`. Supported: float16 / bfloat16 / float32, any head size (padded to
 a power of two >= 16), causal, grouped-query attention, key padding, packed documents, query
 offsets (KV caches, static caches). Kernels run on CUDA; with ``TRITON_INTERPRET=1`` set before
-triton is imported they also run (slowly) on CPU tensors, which is how CI tests them. The
+triton is first imported (``import hf_wavepos`` imports it through ``torch._dynamo``) they also
+run (slowly) on CPU tensors, which is how CI tests them. The
 interpreter cannot multiply bfloat16 (triton-lang/triton#11584), so CPU tests use float32 and
 float16; bfloat16 is tested on GPU.
 """
@@ -54,6 +55,7 @@ float16; bfloat16 is tested on GPU.
 from hf_wavepos.attention.triton.ops import (
     KernelConfig,
     default_config,
+    interpreter_ready,
     interpreting,
     triton_attention,
     triton_decode_attention,
@@ -62,6 +64,7 @@ from hf_wavepos.attention.triton.ops import (
 __all__ = [
     "KernelConfig",
     "default_config",
+    "interpreter_ready",
     "interpreting",
     "triton_attention",
     "triton_decode_attention",

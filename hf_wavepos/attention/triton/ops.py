@@ -39,6 +39,20 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def interpreter_ready() -> bool:
+    """True when triton itself was imported under ``TRITON_INTERPRET=1``.
+
+    Triton decides at definition time whether a ``@triton.jit`` function (its own library
+    included, e.g. ``tl.max``) is compiled or interpreted, so the variable must be set before
+    triton is first imported. Note that ``import hf_wavepos`` imports triton (through
+    ``torch._dynamo``); set it first, e.g. at the top of a test ``conftest.py``.
+    """
+    import triton.language as tl
+    from triton.runtime.jit import JITFunction
+
+    return not isinstance(tl.max, JITFunction)
+
+
 def default_config(head_dim: int, device: torch.device) -> KernelConfig:
     """Tiles for a head size: 64 x 64 on GPU (32 for D > 128), 16 x 16 in the interpreter.
 
@@ -128,6 +142,12 @@ def _check_runnable(q: torch.Tensor) -> None:
             f"the triton backend needs a CUDA device, got {q.device}; use backend='chunked' on "
             "CPU (or set TRITON_INTERPRET=1 before importing triton to run the kernels slowly "
             "for testing)."
+        )
+    if q.device.type != "cuda" and not interpreter_ready():
+        raise ValueError(
+            "TRITON_INTERPRET=1 was set after triton was imported, so triton's own functions are "
+            "compiled, not interpreted; set it before the first import of triton (importing "
+            "hf_wavepos or torch._dynamo imports it), e.g. at the top of conftest.py."
         )
 
 

@@ -69,16 +69,26 @@ def chunk_supports(table: torch.Tensor, chunk: int, cutoff: float = CUTOFF) -> C
         raise ValueError(
             f"chunk must be a power of two >= 16 that divides the padded head dim {block_d}, got {chunk}."
         )
+    if torch.compiler.is_compiling():  # traced into the graph: plain tensor ops, no cache
+        return _compute(table, chunk, cutoff, block_d // chunk)
     key = (table.data_ptr(), tuple(table.shape), tuple(table.stride()), table.dtype, table.device,
            table._version, chunk, cutoff)
     hit = _cache.get(key)
     if hit is not None and hit[0]() is table:  # the same live tensor, unchanged (_version)
         return hit[1]
-    n_chunks = block_d // chunk
+    result = _compute(table, chunk, cutoff, block_d // chunk)
+    if len(_cache) >= _CACHE_SIZE:
+        _cache.pop(next(iter(_cache)))
+    _cache[key] = (weakref.ref(table), result)
+    return result
+
+
+def _compute(table: torch.Tensor, chunk: int, cutoff: float, n_chunks: int) -> ChunkSupports:
+    R, D = table.shape
     with torch.no_grad():
         significant = (table.abs() >= cutoff) & (table != 0)  # (R, D)
-        if block_d > D:
-            significant = torch.cat([significant, significant.new_zeros(R, block_d - D)], dim=1)
+        if n_chunks * chunk > D:
+            significant = torch.cat([significant, significant.new_zeros(R, n_chunks * chunk - D)], dim=1)
         per_chunk = significant.view(R, n_chunks, chunk).any(dim=-1)  # (R, n_chunks)
         rank = torch.arange(1, R + 1, device=table.device, dtype=torch.int32)  # support if r is last
         if R:
@@ -86,8 +96,4 @@ def chunk_supports(table: torch.Tensor, chunk: int, cutoff: float = CUTOFF) -> C
         else:
             by_chunk = torch.zeros(n_chunks, dtype=torch.int32, device=table.device)
         sorted_support, order = torch.sort(by_chunk, stable=True)
-    result = ChunkSupports(by_chunk, sorted_support.to(torch.int32), order.to(torch.int32), chunk)
-    if len(_cache) >= _CACHE_SIZE:
-        _cache.pop(next(iter(_cache)))
-    _cache[key] = (weakref.ref(table), result)
-    return result
+    return ChunkSupports(by_chunk, sorted_support.to(torch.int32), order.to(torch.int32), chunk)
