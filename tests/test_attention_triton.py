@@ -257,3 +257,29 @@ def test_gpu_triton_is_the_cuda_default():
     from hf_wavepos.attention import default_backend
 
     assert default_backend("cuda") == "triton"
+
+
+@pytest.mark.gpu
+def test_gpu_wavepos_llama_trains_the_same_with_triton_as_with_the_reference():
+    """A converted Llama (log-n scaling, left padding -> transformers' dense mask) through the model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hf_wavepos import apply_wavepos, use_backend
+
+    config = LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=4, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = apply_wavepos(LlamaForCausalLM(config), "long").cuda()
+    ids = torch.randint(128, (2, 300), device="cuda")
+    mask = torch.ones_like(ids)
+    mask[0, :37] = 0
+    results = {}
+    for backend in ("reference", "triton"):
+        model.zero_grad()
+        with use_backend(backend):
+            loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+        loss.backward()
+        results[backend] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(results["triton"][0], results["reference"][0], rtol=1e-4, atol=1e-4)
+    for ours, ref in zip(results["triton"][1], results["reference"][1]):
+        torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-4)

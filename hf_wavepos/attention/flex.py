@@ -171,7 +171,7 @@ def flex_attention(
         r = q_idx + offset - kv_idx  # the distance m - n
         in_band = (r >= 0) & (r < band)
         term = qp[b, h, q_idx, r.clamp(0, band - 1)].to(score.dtype) * scale
-        score = score + torch.where(in_band, term, torch.zeros_like(term))
+        score = score + torch.where(in_band, term, 0.0)
         if slopes is not None:
             score = score - (slopes[h] * r).to(score.dtype)
         return score
