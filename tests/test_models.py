@@ -114,6 +114,22 @@ def test_apply_then_revert_is_bit_identical(arch):
     assert not any(type(m).__module__.startswith("hf_wavepos") for m in model.modules())
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_apply_and_revert_after_from_pretrained(arch, tmp_path):
+    stock_model(arch).save_pretrained(tmp_path / "stock")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "stock").eval()
+    ids = tokens(1, 9)
+    with torch.no_grad():
+        before = model(ids).logits
+        apply_wavepos(model, "oka2025")
+        assert model.config.model_type == f"wavepos_{arch}"
+        model.save_pretrained(tmp_path / "converted")
+        assert AutoModelForCausalLM.from_pretrained(tmp_path / "converted").config.model_type == f"wavepos_{arch}"
+        revert_wavepos(model)
+        assert model.config.model_type == arch
+        assert torch.equal(model(ids).logits, before)
+
+
 def test_gpt2_has_no_length_limit_and_no_wpe_in_state_dict():
     model = wavepos_model("gpt2")
     assert not any("wpe" in k for k in model.state_dict())

@@ -99,7 +99,8 @@ def apply_wavepos(model: torch.nn.Module, config_or_preset: WavePosConfig | str 
     if isinstance(implementation, str) and (implementation in UNSUPPORTED_IMPLEMENTATIONS or "flash" in implementation):
         raise unsupported_attention_error(implementation)
     if config.model_type == arch.stock_model_type:
-        model.__dict__[_ORIGINAL] = type(config)
+        # from_pretrained may store model_type on the instance, hiding the class attribute.
+        model.__dict__[_ORIGINAL] = (type(config), config.__dict__.pop("model_type", None))
         config.__class__ = arch.config_class
         swap_classes(model, arch.class_map)
         if arch.on_apply is not None:
@@ -120,9 +121,12 @@ def revert_wavepos(model: torch.nn.Module) -> torch.nn.Module:
     swap_classes(model, {new: old for old, new in arch.class_map.items()})
     if arch.on_revert is not None:
         arch.on_revert(model)
-    config.__class__ = model.__dict__.pop(_ORIGINAL, arch.stock_config_class)
+    config_class, instance_model_type = model.__dict__.pop(_ORIGINAL, (arch.stock_config_class, None))
+    config.__class__ = config_class
     for name in ("wavepos", "auto_map"):
         config.__dict__.pop(name, None)
+    if instance_model_type is not None:
+        config.__dict__["model_type"] = instance_model_type
     return model
 
 
