@@ -3,6 +3,7 @@
     wavepos --version
     wavepos basis [--preset oka2025] [--head-dim 64] [--length 2048] [--plot basis.png] [--json]
     wavepos demo [--out runs/demo] [--quick]
+    wavepos train CONFIG.yaml [section.key=value ...] [--recipe pretrain|continue|lora] [--resume_from_checkpoint latest]
     wavepos eval {ppl,passkey,needle,longdoc} ...      (see `wavepos eval --help`)
     wavepos card MODEL_DIR --out FOLDER [--eval-run RUN --label NAME ...]
     wavepos push MODEL_DIR REPO_ID [--eval-run RUN ...] [--private] [--revision BRANCH] [--dry-run --out FOLDER]
@@ -116,6 +117,16 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from hf_wavepos.training import run_recipe
+
+    argv = [args.config, *args.overrides]
+    if args.resume_from_checkpoint:
+        argv += ["--resume_from_checkpoint", args.resume_from_checkpoint]
+    run_recipe(args.recipe, argv)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wavepos", description="Wavelet positions for Hugging Face models.")
     parser.add_argument("--version", action="version", version=f"hf_wavepos {__version__}")
@@ -135,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output folder")
     demo.add_argument("--quick", action="store_true", help="small sizes (for tests)")
     demo.set_defaults(func=_demo)
+
+    train = sub.add_parser("train", help="run a training recipe (same as recipes/<recipe>.py; see recipes/README.md)")
+    train.add_argument("config", help="experiment YAML, e.g. recipes/configs/tiny_cpu.yaml")
+    train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=20")
+    train.add_argument("--recipe", choices=["pretrain", "continue", "lora"], default="pretrain")
+    train.add_argument("--resume_from_checkpoint", metavar="latest|DIR")
+    train.set_defaults(func=_train)
 
     from hf_wavepos.eval.cli import add_eval_commands
 

@@ -37,10 +37,12 @@ def test_console_script_module_entry():
 
 
 def test_demo_quick(tmp_path):
-    from hf_wavepos.demo import run_demo
+    from hf_wavepos.demo import LABELS, run_demo
 
     summary = run_demo(tmp_path, quick=True)
-    assert all(v < 1e-10 for v in summary["check"].values())
-    assert set(summary["benchmark"]) == {"oka2025", "long"}
-    for name in ("demo.json", "attention_cpu.json", "basis_oka2025.png", "basis_long.png"):
-        assert (tmp_path / name).stat().st_size > 0
+    assert set(summary["perplexity"]) == {LABELS["rope"], LABELS["wavelet"]}
+    for rows in summary["perplexity"].values():
+        assert [r["length"] for r in rows] == summary["lengths"] and all(r["perplexity"] > 1 for r in rows)
+    for name in ("demo.json", "eval/perplexity.png", "eval/perplexity.json", "hub/wavepos-demo-llama/README.md",
+                 "hub/wavepos-demo-llama/model.safetensors", "hub/wavepos-demo-llama/modeling_wavepos_llama.py"):
+        assert (tmp_path / name).stat().st_size > 0, name
