@@ -6,25 +6,28 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench-cpu clean
+.PHONY: test demo bench-cpu bench-gpu clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# One stamp per extra: `make demo` installs only what the demo needs (faster on a fresh machine).
+$(VENV)/.installed-%: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+	$(PY) -m pip install -q -e ".[$*]"
+	touch $@
 
-test: $(STAMP)
+test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q tests
 
-demo: $(STAMP)
+demo: $(VENV)/.installed-demo
 	$(VENV)/bin/wavepos demo
 
-bench-cpu: $(STAMP)
+bench-cpu: $(VENV)/.installed-dev
 	$(PY) bench/attention_cpu.py
+
+bench-gpu: $(VENV)/.installed-dev
+	$(PY) bench/attention_gpu.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

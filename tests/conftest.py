@@ -3,6 +3,11 @@ import os
 import pytest
 import torch
 
+# Triton kernels run on CPU through the interpreter, which must be on before triton is first
+# imported (importing hf_wavepos imports it through torch._dynamo).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 

@@ -147,7 +147,7 @@ def test_rows_that_see_nothing_are_zero_with_finite_gradients():
 def _error_vs_truth(fn, q, k, v, table64, dtype, **kwargs):
     """Max abs error of fn in ``dtype`` against the float64 reference: output and each gradient."""
     truth = reference_attention(q, k, v, table64, **kwargs)
-    grad = torch.randn_like(truth)
+    grad = torch.randn(truth.shape, dtype=truth.dtype, generator=torch.Generator().manual_seed(7))
     truth_grads = torch.autograd.grad(truth, (q, k, v), grad)
     low = [t.detach().to(dtype).requires_grad_() for t in (q, k, v)]
     out = fn(*low, table64.to(dtype), **kwargs)
@@ -219,3 +219,13 @@ def test_dispatcher_default_override_and_errors():
         wavepos_attention(q[0], k, v, table)
     with pytest.raises(ValueError, match="chunk_size"):
         chunked_attention(q, k, v, table, chunk_size=0)
+
+
+def test_auto_chunk_size_bounds_memory():
+    from hf_wavepos.attention.chunked import CHUNK_ELEMENTS, auto_chunk_size
+
+    assert auto_chunk_size(1, 4, 4096, 4096) == 128
+    assert auto_chunk_size(1, 1, 100, 100) == 100  # never more than the queries
+    assert auto_chunk_size(8, 32, 65536, 65536) == 64  # floor: memory then grows only with Lk
+    for L in (512, 2048, 8192):
+        assert auto_chunk_size(1, 8, L, L) * 8 * 2 * L <= max(CHUNK_ELEMENTS, 64 * 8 * 2 * L)

@@ -38,12 +38,24 @@ import torch
 
 from hf_wavepos.attention.inputs import AttentionShape, alibi_bias, check_attention_inputs, visible_keys
 
-DEFAULT_CHUNK_SIZE = 64
+DEFAULT_CHUNK_SIZE = None  # adaptive: see `auto_chunk_size`
+CHUNK_ELEMENTS = 1 << 22  # logits per chunk (all heads) the adaptive size aims for: 16 MiB in float32
 BAND_CUTOFF = 1e-6  # the 1e-6 rule of METHOD.md (hf_wavepos.basis.CUTOFF; attention does not import basis)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def auto_chunk_size(batch: int, heads: int, q_len: int, k_len: int) -> int:
+    """Queries per chunk: as many as keep one chunk's logits near `CHUNK_ELEMENTS`, in [64, 1024].
+
+    Large chunks cut the per-chunk Python and kernel-launch overhead (decisive for small models
+    and long evaluation windows); the bound keeps peak memory O(chunk x Lk), independent of Lq.
+    """
+    per_query = max(1, batch * heads * 2 * k_len)  # positional block + keys
+    size = max(64, min(1024, CHUNK_ELEMENTS // per_query))
+    return min(q_len, size - size % 64 if size >= 64 else size)
 
 
 def table_support(table: torch.Tensor, cutoff: float = BAND_CUTOFF) -> int:
@@ -206,7 +218,7 @@ def chunked_attention(
     document_ids: torch.Tensor | None = None,
     attn_mask: torch.Tensor | None = None,
     alibi_slopes: torch.Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
 ) -> torch.Tensor:
     """Memory-bounded wavelet attention (Eq. 10) with autograd; see the module docstring.
 
@@ -220,7 +232,8 @@ def chunked_attention(
         document_ids: (B, Lk) ints for packed documents.
         attn_mask: (B|1, 1, Lq, Lk) bool, True where a key may be attended (AND with causal).
         alibi_slopes: (H,) ALiBi slopes: adds -slope_h * (m - n) to the scaled logit.
-        chunk_size: queries per chunk; peak memory is O(chunk_size x Lk) per head.
+        chunk_size: queries per chunk (None: `auto_chunk_size`); peak memory is O(chunk_size x Lk)
+            per head.
 
     Returns:
         (B, H, Lq, D) in q's dtype; rows that see no key are zero.
@@ -230,10 +243,21 @@ def chunked_attention(
         key_padding_mask=key_padding_mask, document_ids=document_ids,
         attn_mask=attn_mask, alibi_slopes=alibi_slopes,
     )
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(shape.batch, shape.heads, shape.q_len, shape.k_len)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}.")
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
     if q.shape[2] == 0:
         return q.new_zeros(q.shape)
+    if q.dtype in (torch.float16, torch.bfloat16):
+        # Half precisions are computed in float32 and rounded once at the end: on CPU that is no
+        # slower, and every intermediate (logits, dS, dq) keeps float32 accuracy.
+        out = _ChunkedWavePosAttention.apply(
+            q.float().contiguous(), k.float().contiguous(), v.float().contiguous(), table.detach().float(), shape,
+            _Masks(key_padding_mask, document_ids, attn_mask, None if alibi_slopes is None else alibi_slopes.detach()),
+            chunk_size,
+        )
+        return out.to(q.dtype)
     return _ChunkedWavePosAttention.apply(
         q.contiguous(), k.contiguous(), v.contiguous(), table.detach(), shape,
         _Masks(key_padding_mask, document_ids, attn_mask, None if alibi_slopes is None else alibi_slopes.detach()),
