@@ -3,6 +3,7 @@
     wavepos --version
     wavepos basis [--preset oka2025] [--head-dim 64] [--length 2048] [--plot basis.png] [--json]
     wavepos demo [--out runs/demo] [--quick]
+    wavepos bench extrapolation [--config bench/configs/extrapolation_cpu.yaml] [--methods rope,long] [--out DIR]
     wavepos train CONFIG.yaml [section.key=value ...] [--recipe pretrain|continue|lora] [--resume_from_checkpoint latest]
     wavepos eval {ppl,passkey,needle,longdoc} ...      (see `wavepos eval --help`)
     wavepos card MODEL_DIR --out FOLDER [--eval-run RUN --label NAME ...]
@@ -117,6 +118,17 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_extrapolation(args: argparse.Namespace) -> int:
+    from hf_wavepos.demo import QUICK
+    from hf_wavepos.extrapolation import ExtrapolationConfig, run_extrapolation
+
+    config = QUICK if args.quick else ExtrapolationConfig.from_yaml(args.config)
+    if args.methods:
+        config = ExtrapolationConfig(**{**config.__dict__, "methods": tuple(args.methods.split(","))})
+    run_extrapolation(config, Path(args.out))
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from hf_wavepos.training import run_recipe
 
@@ -146,6 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output folder")
     demo.add_argument("--quick", action="store_true", help="small sizes (for tests)")
     demo.set_defaults(func=_demo)
+
+    bench = sub.add_parser("bench", help="benchmarks comparing position methods").add_subparsers(
+        dest="benchmark", metavar="BENCHMARK", required=True)
+    extrapolation = bench.add_parser("extrapolation", help="train each method identically, perplexity up to 16x L_train")
+    extrapolation.add_argument("--config", default="bench/configs/extrapolation_cpu.yaml", help="YAML of settings")
+    extrapolation.add_argument("--methods", help="comma-separated subset, e.g. rope,long,alibi")
+    extrapolation.add_argument("--out", default="runs/extrapolation", help="output folder")
+    extrapolation.add_argument("--quick", action="store_true", help="toy sizes (for tests)")
+    extrapolation.set_defaults(func=_bench_extrapolation)
 
     train = sub.add_parser("train", help="run a training recipe (same as recipes/<recipe>.py; see recipes/README.md)")
     train.add_argument("config", help="experiment YAML, e.g. recipes/configs/tiny_cpu.yaml")

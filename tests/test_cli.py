@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -37,12 +38,29 @@ def test_console_script_module_entry():
 
 
 def test_demo_quick(tmp_path):
-    from hf_wavepos.demo import LABELS, run_demo
+    from hf_wavepos.demo import QUICK, run_demo
 
     summary = run_demo(tmp_path, quick=True)
-    assert set(summary["perplexity"]) == {LABELS["rope"], LABELS["wavelet"]}
+    assert set(summary["perplexity"]) == set(QUICK.methods)
     for rows in summary["perplexity"].values():
         assert [r["length"] for r in rows] == summary["lengths"] and all(r["perplexity"] > 1 for r in rows)
-    for name in ("demo.json", "eval/perplexity.png", "eval/perplexity.json", "hub/wavepos-demo-llama/README.md",
+    assert set(summary["ratio_to_train_length"]["rope"]) == {"1x", "2x", "4x"}
+    assert summary["ratio_to_train_length"]["rope"]["1x"] == 1.0
+    for name in ("demo.json", "eval/perplexity.png", "eval/extrapolation.json", "hub/wavepos-demo-llama/README.md",
                  "hub/wavepos-demo-llama/model.safetensors", "hub/wavepos-demo-llama/modeling_wavepos_llama.py"):
         assert (tmp_path / name).stat().st_size > 0, name
+
+
+def test_extrapolation_configs_validate(tmp_path):
+    from hf_wavepos.extrapolation import ExtrapolationConfig
+
+    for name in ("extrapolation_cpu.yaml", "extrapolation_gpu.yaml"):
+        config = ExtrapolationConfig.from_yaml(Path(__file__).parent.parent / "bench" / "configs" / name)
+        assert config.lengths[-1] == 16 * config.block_size
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("methods: [rope, wavelets]\n")
+    with pytest.raises(ValueError, match=r"methods \['wavelets'\] are unknown; allowed values: nope, rope"):
+        ExtrapolationConfig.from_yaml(bad)
+    bad.write_text("step: 3\n")
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['step'\]"):
+        ExtrapolationConfig.from_yaml(bad)

@@ -1,0 +1,220 @@
+"""The position-encoding extrapolation benchmark (``wavepos bench extrapolation``, and the demo).
+
+Every method trains the same Llama-style model with the project's one training loop
+(`hf_wavepos.training.train`): identical tokenizer, data, steps, batch and seed; only the
+position method differs. Each is then scored with full-sequence perplexity
+(`hf_wavepos.eval.perplexity`) at several multiples of the training length, on held-out files of
+the embedded corpus (the Python standard library source) that are long enough for the longest
+window. Outputs: ``perplexity.{json,csv,png}`` (the evaluation run folder), ``extrapolation.json``
+(settings, device, versions, perplexities, ratios to the training length), and the trained models.
+
+Configs are YAML files of `ExtrapolationConfig` fields (``bench/configs/extrapolation_*.yaml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Method name -> the training loop's ``model.position`` value (RoPE is the stock model).
+METHODS: dict[str, Any] = {
+    "nope": {"method": "nope"},
+    "rope": "rope",
+    "alibi": {"method": "alibi"},
+    "oka2025": "oka2025",
+    "oka2025-n-m": {"preset": "oka2025", "sign_convention": "n-m"},
+    "long": "long",
+    "long-no-logn": {"preset": "long", "log_n_scaling": False},
+    "gaussian": {"preset": "oka2025", "wavelet": "gaussian"},
+    "haar": {"preset": "oka2025", "wavelet": "haar"},
+    "morlet": {"preset": "oka2025", "wavelet": "morlet"},
+}
+
+
+@dataclass(frozen=True)
+class ExtrapolationConfig:
+    """One benchmark: model, data, budget, methods and evaluation lengths."""
+
+    methods: tuple[str, ...] = ("rope", "long", "alibi")
+    block_size: int = 64  # L_train
+    steps: int = 600
+    global_batch_size: int = 16
+    per_device_batch_size: int | None = None
+    lr: float = 3e-3
+    warmup_steps: int | None = None
+    vocab_size: int = 2048
+    hidden_size: int = 128
+    layers: int = 4
+    heads: int = 4
+    intermediate_size: int = 384
+    train_documents: int | None = 600
+    heldout_documents: int = 60
+    eval_documents: int = 16
+    length_multiples: tuple[float, ...] = (1, 2, 4, 8, 16)
+    seed: int = 0
+    threads: int | None = 2
+    mixed_precision: str = "no"
+    eval_batch_size: int = 1
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"methods {unknown} are unknown; allowed values: {', '.join(METHODS)}.")
+        if not self.methods:
+            raise ValueError("methods is empty; name at least one of: " + ", ".join(METHODS) + ".")
+        for name in ("block_size", "steps", "global_batch_size", "vocab_size", "eval_documents", "heldout_documents"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+
+    @property
+    def lengths(self) -> list[int]:
+        return sorted({int(self.block_size * m) for m in self.length_multiples})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "ExtrapolationConfig":
+        """Read a YAML file of fields (unknown keys raise ValueError listing the known ones)."""
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        data.update(overrides)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown field(s) {unknown}; known fields: {', '.join(sorted(known))}.")
+        for key in ("methods", "length_multiples"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def train_config(config: ExtrapolationConfig, method: str, tokenizer_dir: Path, out: Path):
+    """The training loop's `TrainConfig` for one method of the benchmark."""
+    from hf_wavepos.training import load_config
+
+    model_overrides = {
+        "hidden_size": config.hidden_size, "num_hidden_layers": config.layers,
+        "num_attention_heads": config.heads, "num_key_value_heads": config.heads,
+        "intermediate_size": config.intermediate_size, "tie_word_embeddings": True,
+    }
+    per_device = config.per_device_batch_size or config.global_batch_size
+    overrides = [
+        "model.architecture=llama", "model.size=tiny", f"model.tokenizer={tokenizer_dir}",
+        f"model.config_overrides={json.dumps(model_overrides)}", f"model.position={json.dumps(METHODS[method])}",
+        "data.dataset=stdlib", f"data.validation_size={config.heldout_documents}",
+        f"data.max_documents={json.dumps(config.train_documents)}", f"data.block_size={config.block_size}",
+        f"train.seed={config.seed}", f"train.global_batch_size={config.global_batch_size}",
+        f"train.per_device_batch_size={per_device}", f"train.max_steps={config.steps}",
+        f"train.mixed_precision={json.dumps(config.mixed_precision)}",
+        f"optim.lr={config.lr}", "optim.weight_decay=0.1", "optim.max_grad_norm=1.0",
+        "schedule.name=cosine", f"schedule.warmup_steps={config.warmup_steps or max(1, config.steps // 20)}",
+        "schedule.min_lr_ratio=0.1", f"checkpoint.every_steps={config.steps}", "checkpoint.keep_last=1",
+        "eval.max_blocks=32", "log.trackers=[]", f"log.every_steps={max(1, config.steps // 10)}",
+        f"log.run_name=extrapolation_{method}", f"output_dir={out / 'models' / method}",
+    ]
+    return load_config(None, overrides)
+
+
+def ratio_table(results: dict[str, list[dict]], block_size: int) -> dict[str, dict[str, float]]:
+    """Perplexity at each length divided by the perplexity at the training length, per model."""
+    table = {}
+    for label, rows in results.items():
+        by_length = {r["length"]: r["perplexity"] for r in rows}
+        if block_size in by_length:
+            table[label] = {f"{n / block_size:g}x": by_length[n] / by_length[block_size] for n in sorted(by_length)}
+    return table
+
+
+def format_table(results: dict[str, list[dict]], block_size: int) -> str:
+    """Perplexity by length, with the ratio to the training length, as a text table."""
+    labels = list(results)
+    lengths = sorted({r["length"] for rows in results.values() for r in rows})
+    ratios = ratio_table(results, block_size)
+    lines = ["tokens".rjust(12) + "".join(label.rjust(22) for label in labels)]
+    for n in lengths:
+        cells = []
+        for label in labels:
+            ppl = next(r["perplexity"] for r in results[label] if r["length"] == n)
+            ratio = ratios.get(label, {}).get(f"{n / block_size:g}x")
+            cells.append((f"{ppl:9.2f}" + (f" ({ratio:.2f}x)" if ratio is not None else "")).rjust(22))
+        lines.append(f"{n} ({n / block_size:g}x)".rjust(12) + "".join(cells))
+    return "\n".join(lines)
+
+
+def device_name() -> str:
+    """The device the benchmark ran on, in words."""
+    if torch.cuda.is_available():
+        return f"GPU: {torch.cuda.get_device_name(0)}"
+    return f"CPU ({platform.machine()}, {platform.processor() or 'unknown'}), {torch.get_num_threads()} threads"
+
+
+def run_extrapolation(config: ExtrapolationConfig, out: str | Path, progress_prefix: str = "") -> dict[str, Any]:
+    """Train every method, score perplexity by length, write the results under ``out``.
+
+    Returns:
+        The summary also written to ``out/extrapolation.json``: settings, device, versions,
+        training results, perplexity rows per method and ratios to the training length.
+    """
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    from hf_wavepos import __version__
+    from hf_wavepos.data import load_text_splits
+    from hf_wavepos.data.tokenizers import train_bpe_tokenizer
+    from hf_wavepos.eval.perplexity import perplexity_report
+    from hf_wavepos.eval.report import write_perplexity
+    from hf_wavepos.training import train
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    total = len(config.methods) + 2
+    print(f"{progress_prefix}[1/{total}] BPE tokenizer ({config.vocab_size}) on the standard library source", flush=True)
+    splits = load_text_splits("stdlib", validation_size=config.heldout_documents, seed=config.seed,
+                              max_documents=config.train_documents)
+    tokenizer = train_bpe_tokenizer(splits.train["text"], config.vocab_size)
+    tokenizer.save_pretrained(out / "tokenizer")
+    longest = max(config.lengths)
+    texts = [t for t in splits.validation["text"] if len(tokenizer(t).input_ids) >= longest][: config.eval_documents]
+    if not texts:
+        raise ValueError(f"no held-out file has {longest} tokens: lower length_multiples or raise heldout_documents.")
+    trained: dict[str, dict[str, Any]] = {}
+    for i, method in enumerate(config.methods, start=2):
+        print(f"{progress_prefix}[{i}/{total}] training {method}: L_train {config.block_size}, {config.steps} steps x "
+              f"{config.global_batch_size} blocks", flush=True)
+        t0 = time.time()
+        result = train(train_config(config, method, out / "tokenizer", out))
+        trained[method] = {"folder": result.final_model, "seconds": time.time() - t0, "train_loss": result.train_loss,
+                           "val_loss": result.val_loss, "tokens_per_second": result.tokens_per_second}
+    print(f"{progress_prefix}[{total}/{total}] full-sequence perplexity at {config.lengths} tokens on "
+          f"{len(texts)} held-out files", flush=True)
+
+    def models():
+        for method in config.methods:
+            model = AutoModelForCausalLM.from_pretrained(trained[method]["folder"])
+            yield method, model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
+
+    report = perplexity_report(models(), texts, config.lengths, mode="full", batch_size=config.eval_batch_size,
+                               source=f"stdlib held-out files (>= {longest} tokens)")
+    write_perplexity(report, out, train_length=config.block_size)
+    summary = {
+        "benchmark": "position-encoding extrapolation (full-sequence perplexity by length)",
+        "settings": asdict(config), "lengths": config.lengths, "device": device_name(),
+        "versions": {"hf_wavepos": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+        "eval_documents": len(texts), "training": trained, "perplexity": report["results"],
+        "ratio_to_train_length": ratio_table(report["results"], config.block_size),
+        "seconds": time.time() - started,
+    }
+    (out / "extrapolation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(format_table(report["results"], config.block_size), flush=True)
+    return summary
