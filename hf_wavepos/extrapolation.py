@@ -53,6 +53,7 @@ class ExtrapolationConfig:
     hidden_size: int = 128
     layers: int = 4
     heads: int = 4
+    head_dim: int | None = None  # None: hidden_size // heads
     intermediate_size: int = 384
     train_documents: int | None = 600
     heldout_documents: int = 60
@@ -104,6 +105,8 @@ def train_config(config: ExtrapolationConfig, method: str, tokenizer_dir: Path, 
         "num_attention_heads": config.heads, "num_key_value_heads": config.heads,
         "intermediate_size": config.intermediate_size, "tie_word_embeddings": True,
     }
+    if config.head_dim is not None:
+        model_overrides["head_dim"] = config.head_dim
     per_device = config.per_device_batch_size or config.global_batch_size
     overrides = [
         "model.architecture=llama", "model.size=tiny", f"model.tokenizer={tokenizer_dir}",

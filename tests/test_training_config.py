@@ -106,3 +106,15 @@ def test_launch_configs_parse_with_accelerate(name, distributed_type):
         import json
 
         assert json.loads(ds.read_text())["zero_optimization"]["stage"] == 3
+
+
+def test_resizing_a_scratch_model_keeps_head_dim_consistent():
+    from hf_wavepos.data.tokenizers import byte_tokenizer
+    from hf_wavepos.training import load_config
+    from hf_wavepos.training.modeling import model_config
+
+    base = ["model.architecture=llama", "model.size=tiny", "train.max_steps=1"]
+    wide = load_config(None, base + ['model.config_overrides={"hidden_size": 128, "num_attention_heads": 4}'])
+    assert model_config(wide.model, byte_tokenizer(), 64).head_dim == 32
+    explicit = load_config(None, base + ['model.config_overrides={"hidden_size": 128, "num_attention_heads": 4, "head_dim": 16}'])
+    assert model_config(explicit.model, byte_tokenizer(), 64).head_dim == 16

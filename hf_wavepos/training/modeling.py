@@ -112,6 +112,9 @@ def model_config(section: ModelSection, tokenizer: Any, block_size: int) -> Any:
                 "use the stock config's own names (e.g. num_hidden_layers, n_layer for GPT-2)."
             )
         setattr(config, key, value)
+    resized = {"hidden_size", "num_attention_heads"} & set(section.config_overrides)
+    if section.pretrained is None and resized and "head_dim" not in section.config_overrides and getattr(config, "head_dim", None):
+        config.head_dim = config.hidden_size // config.num_attention_heads  # follow the new width, as a fresh config would
     return config
 
 
