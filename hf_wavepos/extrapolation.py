@@ -155,7 +155,9 @@ def device_name() -> str:
     """The device the benchmark ran on, in words."""
     if torch.cuda.is_available():
         return f"GPU: {torch.cuda.get_device_name(0)}"
-    return f"CPU ({platform.machine()}, {platform.processor() or 'unknown'}), {torch.get_num_threads()} threads"
+    from hf_wavepos.benchmark import cpu_name
+
+    return f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def run_extrapolation(config: ExtrapolationConfig, out: str | Path, progress_prefix: str = "") -> dict[str, Any]:
