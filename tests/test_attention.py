@@ -224,7 +224,8 @@ def test_dispatcher_default_override_and_errors():
 def test_auto_chunk_size_bounds_memory():
     from hf_wavepos.attention.chunked import CHUNK_ELEMENTS, auto_chunk_size
 
-    assert auto_chunk_size(1, 4, 4096, 4096) == 128
+    assert auto_chunk_size(1, 4, 4096, 4096) == 64
+    assert auto_chunk_size(1, 4, 512, 512) == 128
     assert auto_chunk_size(1, 1, 100, 100) == 100  # never more than the queries
     assert auto_chunk_size(8, 32, 65536, 65536) == 64  # floor: memory then grows only with Lk
     for L in (512, 2048, 8192):
