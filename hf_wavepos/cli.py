@@ -129,6 +129,16 @@ def _bench_extrapolation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_retrieval(args: argparse.Namespace) -> int:
+    from hf_wavepos.retrieval import QUICK, RetrievalConfig, run_retrieval
+
+    config = QUICK if args.quick else RetrievalConfig.from_yaml(args.config)
+    if args.methods:
+        config = RetrievalConfig(**{**config.__dict__, "methods": tuple(args.methods.split(","))})
+    run_retrieval(config, Path(args.out))
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from hf_wavepos.training import run_recipe
 
@@ -167,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     extrapolation.add_argument("--out", default="runs/extrapolation", help="output folder")
     extrapolation.add_argument("--quick", action="store_true", help="toy sizes (for tests)")
     extrapolation.set_defaults(func=_bench_extrapolation)
+    retrieval = bench.add_parser("retrieval", help="train each method on corpus + passkey samples, accuracy up to 16x L_train")
+    retrieval.add_argument("--config", default="bench/configs/retrieval_cpu.yaml", help="YAML of settings")
+    retrieval.add_argument("--methods", help="comma-separated subset, e.g. rope,long,alibi")
+    retrieval.add_argument("--out", default="runs/retrieval", help="output folder")
+    retrieval.add_argument("--quick", action="store_true", help="toy sizes (for tests)")
+    retrieval.set_defaults(func=_bench_retrieval)
 
     train = sub.add_parser("train", help="run a training recipe (same as recipes/<recipe>.py; see recipes/README.md)")
     train.add_argument("config", help="experiment YAML, e.g. recipes/configs/tiny_cpu.yaml")

@@ -96,8 +96,12 @@ class ExtrapolationConfig:
         return cls(**data)
 
 
-def train_config(config: ExtrapolationConfig, method: str, tokenizer_dir: Path, out: Path):
-    """The training loop's `TrainConfig` for one method of the benchmark."""
+def train_config(config: ExtrapolationConfig, method: str, tokenizer_dir: Path, out: Path, blocks: Path | None = None):
+    """The training loop's `TrainConfig` for one method of the benchmark.
+
+    ``blocks``: a folder of pre-packed training blocks (`hf_wavepos.data.blocks`) to train on
+    instead of the standard library documents.
+    """
     from hf_wavepos.training import load_config
 
     model_overrides = {
@@ -111,8 +115,9 @@ def train_config(config: ExtrapolationConfig, method: str, tokenizer_dir: Path, 
     overrides = [
         "model.architecture=llama", "model.size=tiny", f"model.tokenizer={tokenizer_dir}",
         f"model.config_overrides={json.dumps(model_overrides)}", f"model.position={json.dumps(METHODS[method])}",
-        "data.dataset=stdlib", f"data.validation_size={config.heldout_documents}",
-        f"data.max_documents={json.dumps(config.train_documents)}", f"data.block_size={config.block_size}",
+        f"data.dataset={blocks or 'stdlib'}", f"data.validation_size={config.heldout_documents}",
+        f"data.max_documents={json.dumps(None if blocks else config.train_documents)}",
+        f"data.block_size={config.block_size}",
         f"train.seed={config.seed}", f"train.global_batch_size={config.global_batch_size}",
         f"train.per_device_batch_size={per_device}", f"train.max_steps={config.steps}",
         f"train.mixed_precision={json.dumps(config.mixed_precision)}",

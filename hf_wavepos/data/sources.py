@@ -41,11 +41,14 @@ class TextSplits:
         train: documents to train on.
         validation: held-out documents (disjoint from ``train``).
         description: one line saying where both came from (for logs).
+        packed: True when both hold pre-packed blocks (``input_ids``, ``position_ids``) instead
+            of text (`hf_wavepos.data.blocks`).
     """
 
     train: Any
     validation: Any
     description: str
+    packed: bool = False
 
 
 def infer_file_builder(data_files: str | Sequence[str] | Mapping[str, Any]) -> str:

@@ -92,7 +92,11 @@ class ModelSection:
 class DataSection:
     """Where documents come from and how they are cut into blocks."""
 
-    dataset: str = _help("'stdlib' (embedded), 'text' / 'json' / 'parquet' (with data_files), or a Hub name.", "stdlib")
+    dataset: str = _help(
+        "'stdlib' (embedded), 'text' / 'json' / 'parquet' (with data_files), a Hub name, or a folder of "
+        "pre-packed blocks (hf_wavepos.data.blocks.save_packed_blocks; needs model.tokenizer set to their tokenizer).",
+        "stdlib",
+    )
     dataset_config: str | None = _help("Configuration name of a Hub dataset.", None)
     data_files: Any = _help("File path(s)/glob(s) or {split: files}; the format follows the extension.", None)
     text_column: str = _help("Column holding the document text.", "text")

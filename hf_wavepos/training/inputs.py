@@ -12,6 +12,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from hf_wavepos.data.blocks import is_packed_folder, load_packed_blocks
 from hf_wavepos.data.packing import iter_packed_blocks, pack_dataset
 from hf_wavepos.data.sources import TextSplits, load_text_splits
 from hf_wavepos.data.tokenizers import load_tokenizer, parse_tokenizer_spec
@@ -31,8 +32,19 @@ def tokenizer_spec(config: TrainConfig) -> str:
 
 
 def load_documents(config: TrainConfig) -> TextSplits:
-    """The run's training and held-out documents (raises on a missing text column or split)."""
+    """The run's training and held-out documents (raises on a missing text column or split).
+
+    A ``data.dataset`` folder of pre-packed blocks (`hf_wavepos.data.blocks`) is read as it is.
+    """
     d = config.data
+    if is_packed_folder(d.dataset):
+        if d.streaming:
+            raise ValueError(f"data.dataset={d.dataset!r} holds pre-packed blocks, which are read whole: "
+                             "set data.streaming=false.")
+        train, validation, description = load_packed_blocks(d.dataset, d.block_size, d.validation_size, config.train.seed)
+        if d.max_documents is not None:
+            train = train.select(range(min(d.max_documents, len(train))))
+        return TextSplits(train, validation, description, packed=True)
     splits = load_text_splits(
         d.dataset, dataset_config=d.dataset_config, data_files=d.data_files, text_column=d.text_column,
         train_split=d.train_split, validation_split=d.validation_split, validation_size=d.validation_size,
@@ -57,6 +69,11 @@ def load_run_tokenizer(config: TrainConfig, splits: TextSplits, state: Any) -> A
     saved = Path(config.output_dir) / TOKENIZER_DIR
     spec = tokenizer_spec(config)
     kind, _ = parse_tokenizer_spec(spec)
+    if splits.packed and kind != "pretrained":
+        raise ValueError(
+            f"data.dataset={config.data.dataset!r} holds pre-packed token ids, so model.tokenizer must name the "
+            f"tokenizer folder (or Hub name) they were made with, not {spec!r}."
+        )
     if state.is_main_process and not (saved / "tokenizer_config.json").is_file():
         texts = (row["text"] for row in islice(iter(splits.train), BPE_TRAINING_DOCUMENTS)) if kind == "bpe" else None
         load_tokenizer(spec, train_texts=texts).save_pretrained(str(saved))
@@ -92,7 +109,11 @@ def prepare_batches(config: TrainConfig, splits: TextSplits, tokenizer: Any, pla
     d = config.data
     options = {"add_special_tokens": d.add_special_tokens, "append_eos": d.append_eos}
     max_val = config.eval.max_blocks
-    if d.streaming:
+    if splits.packed:
+        train = PackedBatches(splits.train, plan, config.train.seed)
+        validation = splits.validation.select(range(min(max_val, len(splits.validation)))).with_format("numpy")
+        n_train = len(splits.train)
+    elif d.streaming:
         def make_stream(epoch: int):
             if d.shuffle_buffer:
                 splits.train.set_epoch(epoch)
