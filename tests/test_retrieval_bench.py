@@ -79,8 +79,11 @@ def test_passkey_rows_have_the_documented_layout(tokenizer):
         assert tokenizer.decode(rows.input_ids[i, -rows.answer_length[i]:]) == ANSWER.format(key=key)
         needle = NEEDLE.format(key=key)
         assert text.count(needle) == 1
-        at = text.index(needle)  # depth 0: the needle opens the window; depth 1: it is next to the question
-        assert (at == 0) if i == 0 else (text[at + len(needle):] == QUESTION + ANSWER.format(key=key)) if i == 6 else True
+        at = text.index(needle)
+        if i == 0:  # depth 0: the needle opens the window
+            assert at == 0
+        if i == 6:  # depth 1: the question follows the needle
+            assert text[at + len(needle):] == QUESTION + ANSWER.format(key=key)
     assert rows.depth[0] == 0 and rows.depth[-1] == 1 and np.all(np.diff(rows.needle_distance) < 0)
     with pytest.raises(ValueError, match="length=10 leaves no haystack"):
         passkey_rows(stream, tokenizer, 10, 1, np.random.default_rng(0))

@@ -5,13 +5,18 @@ trained from scratch on the Python standard library need a task in their own lan
 fixed token layout, so that the same construction can serve as training data at L_train and as
 the test at any length. One sample of ``length`` tokens is::
 
-    haystack[:k]  NEEDLE  haystack[k:]  QUESTION  ANSWER
-                  "\\npass_key = 48213\\n"        "\\nassert pass_key =="  " 48213"
+    haystack[:k]  NEEDLE                   haystack[k:]  QUESTION                      ANSWER
+                  "\\npass_key = $48213\\n"                "\\n# recall:\\npass_key = $"  "48213"
 
 where the haystack is a window of real code (training files for training rows, held-out files
 for the test) and ``k`` is the needle's depth (0 = start of the window, 1 = just before the
-question). Pieces are tokenised separately and concatenated, so every sample has exactly
-``length`` tokens and the answer occupies its last tokens.
+question). As in the original passkey test ("The pass key is 12345 ... The pass key is"), the
+question ends with the tokens that precede the key in the needle, so retrieval means copying what
+followed them. The key follows a ``$``, a token that is rare in the standard library, so that
+the first key token is found by the one token before it: the CPU benchmark's tiny models learn
+this copy in 1500 steps, while a key after the ubiquitous ``=`` alone was not learnt in that
+budget (its later tokens were, its first was not). Pieces are tokenised separately and
+concatenated, so every sample has exactly ``length`` tokens and the answer occupies its last ones.
 
 Scoring: a sample is correct when the model's argmax at every answer position equals the answer
 token. Because each greedy step conditions only on the prompt and the previously emitted tokens,
@@ -28,9 +33,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-NEEDLE = "\npass_key = {key}\n"
-QUESTION = "\nassert pass_key =="
-ANSWER = " {key}"
+NEEDLE = "\npass_key = ${key}\n"
+QUESTION = "\n# recall:\npass_key = $"
+ANSWER = "{key}"
 
 
 @dataclass
