@@ -118,24 +118,23 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_extrapolation(args: argparse.Namespace) -> int:
-    from hf_wavepos.demo import QUICK
-    from hf_wavepos.extrapolation import ExtrapolationConfig, run_extrapolation
+def _bench(args: argparse.Namespace) -> int:
+    """``wavepos bench extrapolation|retrieval``: the config file (or the quick one), a method subset."""
+    import dataclasses
 
-    config = QUICK if args.quick else ExtrapolationConfig.from_yaml(args.config)
+    if args.benchmark == "extrapolation":
+        from hf_wavepos.demo import QUICK
+        from hf_wavepos.extrapolation import ExtrapolationConfig as Config
+        from hf_wavepos.extrapolation import run_extrapolation as run
+    else:
+        from hf_wavepos.retrieval import QUICK
+        from hf_wavepos.retrieval import RetrievalConfig as Config
+        from hf_wavepos.retrieval import run_retrieval as run
+
+    config = QUICK if args.quick else Config.from_yaml(args.config)
     if args.methods:
-        config = ExtrapolationConfig(**{**config.__dict__, "methods": tuple(args.methods.split(","))})
-    run_extrapolation(config, Path(args.out))
-    return 0
-
-
-def _bench_retrieval(args: argparse.Namespace) -> int:
-    from hf_wavepos.retrieval import QUICK, RetrievalConfig, run_retrieval
-
-    config = QUICK if args.quick else RetrievalConfig.from_yaml(args.config)
-    if args.methods:
-        config = RetrievalConfig(**{**config.__dict__, "methods": tuple(args.methods.split(","))})
-    run_retrieval(config, Path(args.out))
+        config = dataclasses.replace(config, methods=tuple(args.methods.split(",")))
+    run(config, Path(args.out))
     return 0
 
 
@@ -171,18 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks comparing position methods").add_subparsers(
         dest="benchmark", metavar="BENCHMARK", required=True)
-    extrapolation = bench.add_parser("extrapolation", help="train each method identically, perplexity up to 16x L_train")
-    extrapolation.add_argument("--config", default="bench/configs/extrapolation_cpu.yaml", help="YAML of settings")
-    extrapolation.add_argument("--methods", help="comma-separated subset, e.g. rope,long,alibi")
-    extrapolation.add_argument("--out", default="runs/extrapolation", help="output folder")
-    extrapolation.add_argument("--quick", action="store_true", help="toy sizes (for tests)")
-    extrapolation.set_defaults(func=_bench_extrapolation)
-    retrieval = bench.add_parser("retrieval", help="train each method on corpus + passkey samples, accuracy up to 16x L_train")
-    retrieval.add_argument("--config", default="bench/configs/retrieval_cpu.yaml", help="YAML of settings")
-    retrieval.add_argument("--methods", help="comma-separated subset, e.g. rope,long,alibi")
-    retrieval.add_argument("--out", default="runs/retrieval", help="output folder")
-    retrieval.add_argument("--quick", action="store_true", help="toy sizes (for tests)")
-    retrieval.set_defaults(func=_bench_retrieval)
+    for name, what in (("extrapolation", "train each method identically, perplexity up to 16x L_train"),
+                       ("retrieval", "train each method on corpus + passkey samples, accuracy up to 16x L_train")):
+        command = bench.add_parser(name, help=what)
+        command.add_argument("--config", default=f"bench/configs/{name}_cpu.yaml", help="YAML of settings")
+        command.add_argument("--methods", help="comma-separated subset, e.g. rope,long,alibi")
+        command.add_argument("--out", default=f"runs/{name}", help="output folder")
+        command.add_argument("--quick", action="store_true", help="toy sizes (for tests)")
+        command.set_defaults(func=_bench)
 
     train = sub.add_parser("train", help="run a training recipe (same as recipes/<recipe>.py; see recipes/README.md)")
     train.add_argument("config", help="experiment YAML, e.g. recipes/configs/tiny_cpu.yaml")

@@ -165,6 +165,46 @@ def device_name() -> str:
     return f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
 
 
+def prepare_corpus(config: ExtrapolationConfig, out: Path, step: str) -> tuple[Any, Any]:
+    """Shared first step of the benchmarks: threads, output folder, the standard library split into
+    training and held-out files, and a BPE tokenizer trained on the training files (saved to
+    ``out/tokenizer``).
+
+    Args:
+        config: the benchmark (threads, seed, held-out files, vocabulary size).
+        out: the output folder (created).
+        step: progress label printed before the step, e.g. ``"[1/5]"``.
+
+    Returns:
+        ``(splits, tokenizer)``: `hf_wavepos.data.TextSplits` and the trained tokenizer.
+    """
+    from hf_wavepos.data import load_text_splits
+    from hf_wavepos.data.tokenizers import train_bpe_tokenizer
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{step} BPE tokenizer ({config.vocab_size}) on the standard library source", flush=True)
+    splits = load_text_splits("stdlib", validation_size=config.heldout_documents, seed=config.seed,
+                              max_documents=config.train_documents)
+    tokenizer = train_bpe_tokenizer(splits.train["text"], config.vocab_size)
+    tokenizer.save_pretrained(out / "tokenizer")
+    return splits, tokenizer
+
+
+def run_record(config: ExtrapolationConfig) -> dict[str, Any]:
+    """What every benchmark JSON starts with: settings, lengths, device and package versions."""
+    import transformers
+
+    from hf_wavepos import __version__
+
+    return {
+        "settings": asdict(config), "lengths": config.lengths, "device": device_name(),
+        "versions": {"hf_wavepos": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+    }
+
+
 def run_extrapolation(config: ExtrapolationConfig, out: str | Path, progress_prefix: str = "") -> dict[str, Any]:
     """Train every method, score perplexity by length, write the results under ``out``.
 
@@ -172,27 +212,16 @@ def run_extrapolation(config: ExtrapolationConfig, out: str | Path, progress_pre
         The summary also written to ``out/extrapolation.json``: settings, device, versions,
         training results, perplexity rows per method and ratios to the training length.
     """
-    import transformers
     from transformers import AutoModelForCausalLM
 
-    from hf_wavepos import __version__
-    from hf_wavepos.data import load_text_splits
-    from hf_wavepos.data.tokenizers import train_bpe_tokenizer
     from hf_wavepos.eval.perplexity import perplexity_report
     from hf_wavepos.eval.report import write_perplexity
     from hf_wavepos.training import train
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     total = len(config.methods) + 2
-    print(f"{progress_prefix}[1/{total}] BPE tokenizer ({config.vocab_size}) on the standard library source", flush=True)
-    splits = load_text_splits("stdlib", validation_size=config.heldout_documents, seed=config.seed,
-                              max_documents=config.train_documents)
-    tokenizer = train_bpe_tokenizer(splits.train["text"], config.vocab_size)
-    tokenizer.save_pretrained(out / "tokenizer")
+    splits, tokenizer = prepare_corpus(config, out, f"{progress_prefix}[1/{total}]")
     longest = max(config.lengths)
     texts = [t for t in splits.validation["text"] if len(tokenizer(t).input_ids) >= longest][: config.eval_documents]
     if not texts:
@@ -217,10 +246,7 @@ def run_extrapolation(config: ExtrapolationConfig, out: str | Path, progress_pre
                                source=f"stdlib held-out files (>= {longest} tokens)")
     write_perplexity(report, out, train_length=config.block_size)
     summary = {
-        "benchmark": "position-encoding extrapolation (full-sequence perplexity by length)",
-        "settings": asdict(config), "lengths": config.lengths, "device": device_name(),
-        "versions": {"hf_wavepos": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+        "benchmark": "position-encoding extrapolation (full-sequence perplexity by length)", **run_record(config),
         "eval_documents": len(texts), "training": trained, "perplexity": report["results"],
         "ratio_to_train_length": ratio_table(report["results"], config.block_size),
         "seconds": time.time() - started,

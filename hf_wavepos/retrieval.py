@@ -19,16 +19,15 @@ training rows (``data/``) and the trained models (``models/``).
 from __future__ import annotations
 
 import json
-import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from hf_wavepos.extrapolation import ExtrapolationConfig, device_name, train_config
+from hf_wavepos.extrapolation import ExtrapolationConfig, prepare_corpus, run_record, train_config
 
 
 @dataclass(frozen=True)
@@ -166,26 +165,14 @@ def run_retrieval(config: RetrievalConfig, out: str | Path) -> dict[str, Any]:
     Returns:
         The summary also written to ``out/retrieval.json``.
     """
-    import transformers
-
-    from hf_wavepos import __version__
-    from hf_wavepos.data import load_text_splits
     from hf_wavepos.data.packing import tokenize_documents
-    from hf_wavepos.data.tokenizers import train_bpe_tokenizer
     from hf_wavepos.eval.report import write_csv
     from hf_wavepos.training import train
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     total = len(config.methods) + 3
-    print(f"[1/{total}] BPE tokenizer ({config.vocab_size}) on the standard library source", flush=True)
-    splits = load_text_splits("stdlib", validation_size=config.heldout_documents, seed=config.seed,
-                              max_documents=config.train_documents)
-    tokenizer = train_bpe_tokenizer(splits.train["text"], config.vocab_size)
-    tokenizer.save_pretrained(out / "tokenizer")
+    splits, tokenizer = prepare_corpus(config, out, f"[1/{total}]")
     print(f"[2/{total}] training rows: corpus blocks of {config.block_size} + "
           f"{config.passkey_fraction:.0%} passkey samples", flush=True)
     counts = build_training_rows(config, splits, tokenizer, out / "data")
@@ -204,9 +191,7 @@ def run_retrieval(config: RetrievalConfig, out: str | Path) -> dict[str, Any]:
     results = evaluate_retrieval(folders, tokenizer, eval_stream, config)
     summary = {
         "benchmark": "passkey retrieval by length after training on corpus + passkey samples at L_train",
-        "settings": asdict(config), "lengths": config.lengths, "device": device_name(),
-        "versions": {"hf_wavepos": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
+        **run_record(config),
         "training_rows": counts, "training_seconds": seconds,
         "accuracy": {m: {str(n): a for n, a in by.items()} for m, by in results["accuracy"].items()},
         "accuracy_by_depth_quarter": {m: {str(n): a for n, a in by.items()}
