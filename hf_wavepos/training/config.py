@@ -107,7 +107,7 @@ class DataSection:
     )
     streaming: bool = _help("Read the corpus lazily (large corpora): no length, no global shuffle.", False)
     shuffle_buffer: int = _help("Streaming only: shuffle within a buffer of this many documents (0: off).", 0)
-    max_documents: int | None = _help("Use at most this many training documents (None: all).", None)
+    max_documents: int | None = _help("Use at most this many training documents (pre-packed blocks: rows) (None: all).", None)
     block_size: int = _help("Tokens per training block (the training context length).", 512)
     add_special_tokens: bool = _help("Let the tokenizer add its markers (e.g. Llama's BOS) to each document.", True)
     append_eos: bool = _help("End each document with the tokenizer's EOS token.", True)
