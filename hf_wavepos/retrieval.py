@@ -61,8 +61,8 @@ QUICK = RetrievalConfig(
 def build_training_rows(config: RetrievalConfig, splits: Any, tokenizer: Any, folder: Path) -> dict[str, int]:
     """Pack the corpus, add passkey samples, save both splits as pre-packed blocks.
 
-    Training rows: every L_train block of the training files plus ``passkey_fraction`` of
-    passkey samples whose haystacks are windows of those files. Held-out rows: blocks and passkey
+    Training rows: every L_train block of the training files, plus passkey samples (haystacks:
+    windows of those files) that make up ``passkey_fraction`` of all rows. Held-out rows: blocks and passkey
     samples of the held-out files (for the loop's validation loss only).
 
     Returns:
@@ -91,7 +91,7 @@ def build_training_rows(config: RetrievalConfig, splits: Any, tokenizer: Any, fo
         counts.update({"corpus_blocks": len(ids), "passkey_rows": n_passkey} if split == "train"
                       else {"validation_rows": len(ids) + n_passkey})
     save_packed_blocks(folder, out["train"], out["validation"],
-                       description=f"stdlib blocks + {config.passkey_fraction:.0%} code passkey samples")
+                       description=f"stdlib blocks + code passkey samples ({config.passkey_fraction:.0%} of rows)")
     return counts
 
 
