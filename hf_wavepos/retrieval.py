@@ -173,8 +173,8 @@ def run_retrieval(config: RetrievalConfig, out: str | Path) -> dict[str, Any]:
     started = time.time()
     total = len(config.methods) + 3
     splits, tokenizer = prepare_corpus(config, out, f"[1/{total}]")
-    print(f"[2/{total}] training rows: corpus blocks of {config.block_size} + "
-          f"{config.passkey_fraction:.0%} passkey samples", flush=True)
+    print(f"[2/{total}] training rows: corpus blocks of {config.block_size} tokens and passkey samples "
+          f"({config.passkey_fraction:.0%} of rows)", flush=True)
     counts = build_training_rows(config, splits, tokenizer, out / "data")
     folders = {}
     seconds = {}
