@@ -174,3 +174,13 @@ def test_bench_retrieval_quick(tmp_path, capsys):
     assert (tmp_path / "retrieval.png").read_bytes()[:4] == b"\x89PNG"
     assert len((tmp_path / "retrieval.csv").read_text().splitlines()) == 1 + 2 * 2 * 4
     assert "96 (2x)" in capsys.readouterr().out
+
+
+def test_bench_retrieval_unknown_method_is_a_clear_error(tmp_path, capsys):
+    from hf_wavepos.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "retrieval", "--quick", "--methods", "rope,wavelets", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "methods ['wavelets'] are unknown; allowed values: nope, rope" in capsys.readouterr().err
+    assert not (tmp_path / "tokenizer").exists()  # nothing was trained
