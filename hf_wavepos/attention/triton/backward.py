@@ -11,7 +11,16 @@ import triton
 import triton.language as tl
 
 from hf_wavepos.attention.triton.forward import LOG2E, Extras, dot_precision
-from hf_wavepos.attention.triton.tiles import mask_logits, positional_block, positional_grad, skew, unskew
+from hf_wavepos.attention.triton.tiles import (
+    band_logits,
+    load_kv_tile,
+    mask_logits,
+    positional_block,
+    positional_grad,
+    query_tiles,
+    skew,
+    unskew,
+)
 
 
 @triton.jit
@@ -85,17 +94,12 @@ def _bwd_dq_kernel(
         slope = tl.load(SLOPES + h)
 
     sup_sorted = tl.load(SUP_SORTED + tl.arange(0, N_CHUNKS))
-    s_max = tl.max(sup_sorted, axis=0)
-    m0 = q_offset + pid_m * BLOCK
-    n_tiles = tl.cdiv(tl.minimum(k_len, m0 + BLOCK), BLOCK)
-    t_band = tl.minimum(tl.cdiv(tl.maximum(m0 - s_max - BLOCK + 2, 0), BLOCK), n_tiles)
+    s_max, m0, n_tiles, t_band = query_tiles(q_offset, pid_m, k_len, sup_sorted, BLOCK)
     dq = tl.zeros((BLOCK, BLOCK_D), dtype=tl.float32)
 
     for t in range(0, t_band):  # far tiles: content only
         n_idx = t * BLOCK + offs_n
-        kv_off = n_idx[:, None].to(tl.int64)
-        k = tl.load(k_base + kv_off * stride_kn + cols[None, :], mask=col_ok[None, :], other=0.0)
-        v = tl.load(v_base + kv_off * stride_vn + cols[None, :], mask=col_ok[None, :], other=0.0)
+        k, v = load_kv_tile(k_base, v_base, n_idx, stride_kn, stride_vn, cols, col_ok[None, :])
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         s = mask_logits(s, m_pos, n_idx, k_len, row_ok, pad_row, doc_row, q_doc, mask_rows, stride_mk,
                         slope, False, HAS_PAD, HAS_DOC, HAS_MASK, HAS_ALIBI)
@@ -110,16 +114,10 @@ def _bwd_dq_kernel(
     for t in range(t_band, n_tiles):  # band tiles
         n0 = t * BLOCK
         n_idx = n0 + offs_n
-        kv_off = n_idx[:, None].to(tl.int64)
         kv_mask = (n_idx < k_len)[:, None] & col_ok[None, :]
-        k = tl.load(k_base + kv_off * stride_kn + cols[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + kv_off * stride_vn + cols[None, :], mask=kv_mask, other=0.0)
-        qp_lo = positional_block(
-            q_rows, row_ok, P, stride_p, n_table_rows, m0 - n0 - BLOCK, sup_sorted, ORDER,
-            head_dim, BLOCK, BLOCK, CHUNK, N_CHUNKS, DOT_PRECISION,
-        )
-        s = (tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) + skew(qp_hi, qp_lo, BLOCK)) * qk_scale
-        qp_hi = qp_lo
+        k, v = load_kv_tile(k_base, v_base, n_idx, stride_kn, stride_vn, cols, kv_mask)
+        s, qp_hi = band_logits(q, k, q_rows, row_ok, P, stride_p, n_table_rows, m0 - n0 - BLOCK, qp_hi, sup_sorted,
+                               ORDER, head_dim, qk_scale, BLOCK, CHUNK, N_CHUNKS, DOT_PRECISION)
         s = mask_logits(s, m_pos, n_idx, k_len, row_ok, pad_row, doc_row, q_doc, mask_rows, stride_mk,
                         slope, True, HAS_PAD, HAS_DOC, HAS_MASK, HAS_ALIBI)
         p, ds = _dlogits(s, lse, delta, do, v, DOT_PRECISION)
@@ -161,9 +159,9 @@ def _bwd_dkdv_kernel(
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < head_dim
     kv_mask = (n_idx < k_len)[:, None] & col_ok[None, :]
+    k, v = load_kv_tile(K + b * stride_kb + kvh * stride_kh, V + b * stride_vb + kvh * stride_vh, n_idx,
+                        stride_kn, stride_vn, cols, kv_mask)
     kv_off = n_idx[:, None].to(tl.int64)
-    k = tl.load(K + b * stride_kb + kvh * stride_kh + kv_off * stride_kn + cols[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + b * stride_vb + kvh * stride_vh + kv_off * stride_vn + cols[None, :], mask=kv_mask, other=0.0)
     pad_row = PAD + b * stride_padb
     doc_row = DOC + b * stride_docb
 

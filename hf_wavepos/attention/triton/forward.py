@@ -8,7 +8,14 @@ import torch
 import triton
 import triton.language as tl
 
-from hf_wavepos.attention.triton.tiles import mask_logits, online_softmax_step, positional_block, skew
+from hf_wavepos.attention.triton.tiles import (
+    band_logits,
+    load_kv_tile,
+    mask_logits,
+    online_softmax_step,
+    positional_block,
+    query_tiles,
+)
 
 LOG2E = 1.4426950408889634
 
@@ -53,11 +60,7 @@ def _fwd_kernel(
         slope = tl.load(SLOPES + h)
 
     sup_sorted = tl.load(SUP_SORTED + tl.arange(0, N_CHUNKS))
-    s_max = tl.max(sup_sorted, axis=0)  # no positional term at distances >= s_max
-    m0 = q_offset + pid_m * BLOCK
-    n_tiles = tl.cdiv(tl.minimum(k_len, m0 + BLOCK), BLOCK)
-    # Tiles t < t_band have every distance >= s_max (and lie left of the diagonal).
-    t_band = tl.minimum(tl.cdiv(tl.maximum(m0 - s_max - BLOCK + 2, 0), BLOCK), n_tiles)
+    s_max, m0, n_tiles, t_band = query_tiles(q_offset, pid_m, k_len, sup_sorted, BLOCK)
 
     m_i = tl.full((BLOCK,), float("-inf"), dtype=tl.float32)
     l_i = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -66,9 +69,7 @@ def _fwd_kernel(
     # 1. Far tiles: content only (plain FlashAttention).
     for t in range(0, t_band):
         n_idx = t * BLOCK + offs_n
-        kv_off = n_idx[:, None].to(tl.int64)
-        k = tl.load(k_base + kv_off * stride_kn + cols[None, :], mask=col_ok[None, :], other=0.0)
-        v = tl.load(v_base + kv_off * stride_vn + cols[None, :], mask=col_ok[None, :], other=0.0)
+        k, v = load_kv_tile(k_base, v_base, n_idx, stride_kn, stride_vn, cols, col_ok[None, :])
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         s = mask_logits(s, m_pos, n_idx, k_len, row_ok, pad_row, doc_row, q_doc, mask_rows, stride_mk,
                         slope, False, HAS_PAD, HAS_DOC, HAS_MASK, HAS_ALIBI)
@@ -82,16 +83,10 @@ def _fwd_kernel(
     for t in range(t_band, n_tiles):
         n0 = t * BLOCK
         n_idx = n0 + offs_n
-        kv_off = n_idx[:, None].to(tl.int64)
         kv_mask = (n_idx < k_len)[:, None] & col_ok[None, :]
-        k = tl.load(k_base + kv_off * stride_kn + cols[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_base + kv_off * stride_vn + cols[None, :], mask=kv_mask, other=0.0)
-        qp_lo = positional_block(
-            q_rows, row_ok, P, stride_p, n_table_rows, m0 - n0 - BLOCK, sup_sorted, ORDER,
-            head_dim, BLOCK, BLOCK, CHUNK, N_CHUNKS, DOT_PRECISION,
-        )
-        s = (tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) + skew(qp_hi, qp_lo, BLOCK)) * qk_scale
-        qp_hi = qp_lo
+        k, v = load_kv_tile(k_base, v_base, n_idx, stride_kn, stride_vn, cols, kv_mask)
+        s, qp_hi = band_logits(q, k, q_rows, row_ok, P, stride_p, n_table_rows, m0 - n0 - BLOCK, qp_hi, sup_sorted,
+                               ORDER, head_dim, qk_scale, BLOCK, CHUNK, N_CHUNKS, DOT_PRECISION)
         s = mask_logits(s, m_pos, n_idx, k_len, row_ok, pad_row, doc_row, q_doc, mask_rows, stride_mk,
                         slope, True, HAS_PAD, HAS_DOC, HAS_MASK, HAS_ALIBI)
         m_i, l_i, acc = online_softmax_step(s, m_i, l_i, acc, v, DOT_PRECISION)

@@ -46,6 +46,49 @@ def positional_block(
 
 
 @triton.jit
+def load_kv_tile(k_base, v_base, n_idx, stride_kn, stride_vn, cols, kv_mask):
+    """K and V rows ``n_idx`` of one (batch, kv head): two (BLOCK, BLOCK_D) tiles, 0 where masked."""
+    kv_off = n_idx[:, None].to(tl.int64)
+    k = tl.load(k_base + kv_off * stride_kn + cols[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + kv_off * stride_vn + cols[None, :], mask=kv_mask, other=0.0)
+    return k, v
+
+
+@triton.jit
+def query_tiles(q_offset, pid_m, k_len, sup_sorted, BLOCK: tl.constexpr):
+    """Key tiles of a query block: ``(s_max, m0, n_tiles, t_band)``.
+
+    Distances >= s_max (the largest chunk support) carry no positional term; tiles t < t_band
+    have every distance >= s_max (they lie left of the diagonal), tiles t_band .. n_tiles - 1
+    are the band (diagonal included); later tiles are in the causal future.
+    """
+    s_max = tl.max(sup_sorted, axis=0)
+    m0 = q_offset + pid_m * BLOCK
+    n_tiles = tl.cdiv(tl.minimum(k_len, m0 + BLOCK), BLOCK)
+    t_band = tl.minimum(tl.cdiv(tl.maximum(m0 - s_max - BLOCK + 2, 0), BLOCK), n_tiles)
+    return s_max, m0, n_tiles, t_band
+
+
+@triton.jit
+def band_logits(
+    q, k, q_rows, row_ok, P, stride_p, n_table_rows, d_lo, qp_hi, sup_sorted, ORDER, head_dim, qk_scale,
+    BLOCK: tl.constexpr, CHUNK: tl.constexpr, N_CHUNKS: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Scaled logits (q.k + q.p[m - n]) * qk_scale of a band tile (Eq. 10), before masking.
+
+    ``qp_hi`` is the tile's hi block (the previous tile's lo block); ``d_lo`` = delta - BLOCK is
+    the first distance of its lo block. Returns ``(s, qp_lo)``: (BLOCK, BLOCK) float32 logits and
+    the lo block, which is the next tile's hi block.
+    """
+    qp_lo = positional_block(
+        q_rows, row_ok, P, stride_p, n_table_rows, d_lo, sup_sorted, ORDER,
+        head_dim, BLOCK, BLOCK, CHUNK, N_CHUNKS, DOT_PRECISION,
+    )
+    s = (tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) + skew(qp_hi, qp_lo, BLOCK)) * qk_scale
+    return s, qp_lo
+
+
+@triton.jit
 def skew(qp_hi, qp_lo, BLOCK: tl.constexpr):
     """The tile's positional logits: [i, j] = q_i . p[delta + i - j] from the hi/lo blocks."""
     i = tl.arange(0, BLOCK)[:, None]
