@@ -14,6 +14,7 @@ from hf_wavepos.attention.triton.forward import LOG2E, Extras, dot_precision
 from hf_wavepos.attention.triton.tiles import (
     band_logits,
     load_kv_tile,
+    mask_context,
     mask_logits,
     positional_block,
     positional_grad,
@@ -83,15 +84,10 @@ def _bwd_dq_kernel(
     delta = tl.load(DELTA + pid_bh.to(tl.int64) * q_len + rows, mask=row_ok, other=0.0)
     k_base = K + b * stride_kb + kvh * stride_kh
     v_base = V + b * stride_vb + kvh * stride_vh
-    pad_row = PAD + b * stride_padb
-    doc_row = DOC + b * stride_docb
-    mask_rows = MASK + b * stride_mb + r64 * stride_mq
-    q_doc = m_pos
-    if HAS_DOC:
-        q_doc = tl.load(doc_row + m_pos, mask=row_ok, other=0)
-    slope = 0.0
-    if HAS_ALIBI:
-        slope = tl.load(SLOPES + h)
+    pad_row, doc_row, mask_rows, q_doc, slope = mask_context(
+        PAD, DOC, MASK, SLOPES, b, h, r64, m_pos, row_ok, stride_padb, stride_docb, stride_mb, stride_mq,
+        HAS_DOC, HAS_ALIBI,
+    )
 
     sup_sorted = tl.load(SUP_SORTED + tl.arange(0, N_CHUNKS))
     s_max, m0, n_tiles, t_band = query_tiles(q_offset, pid_m, k_len, sup_sorted, BLOCK)

@@ -55,6 +55,26 @@ def load_kv_tile(k_base, v_base, n_idx, stride_kn, stride_vn, cols, kv_mask):
 
 
 @triton.jit
+def mask_context(
+    PAD, DOC, MASK, SLOPES, b, h, r64, m_pos, row_ok, stride_padb, stride_docb, stride_mb, stride_mq,
+    HAS_DOC: tl.constexpr, HAS_ALIBI: tl.constexpr,
+):
+    """What `mask_logits` needs for a query block: ``(pad_row, doc_row, mask_rows, q_doc, slope)``,
+    i.e. the batch row pointers of the padding / document / dense masks, the queries' document
+    ids (their positions when there are no documents) and the head's ALiBi slope (0 without)."""
+    pad_row = PAD + b * stride_padb
+    doc_row = DOC + b * stride_docb
+    mask_rows = MASK + b * stride_mb + r64 * stride_mq
+    q_doc = m_pos
+    if HAS_DOC:
+        q_doc = tl.load(doc_row + m_pos, mask=row_ok, other=0)
+    slope = 0.0
+    if HAS_ALIBI:
+        slope = tl.load(SLOPES + h)
+    return pad_row, doc_row, mask_rows, q_doc, slope
+
+
+@triton.jit
 def query_tiles(q_offset, pid_m, k_len, sup_sorted, BLOCK: tl.constexpr):
     """Key tiles of a query block: ``(s_max, m0, n_tiles, t_band)``.
 
