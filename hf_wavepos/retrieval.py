@@ -58,7 +58,9 @@ QUICK = RetrievalConfig(
 """Toy sizes for tests (``--quick``)."""
 
 
-def build_training_rows(config: RetrievalConfig, splits: Any, tokenizer: Any, folder: Path) -> dict[str, int]:
+def build_training_rows(
+    config: RetrievalConfig, splits: Any, tokenizer: Any, folder: Path
+) -> tuple[dict[str, int], np.ndarray]:
     """Pack the corpus, add passkey samples, save both splits as pre-packed blocks.
 
     Training rows: every L_train block of the training files, plus passkey samples (haystacks:
@@ -66,7 +68,8 @@ def build_training_rows(config: RetrievalConfig, splits: Any, tokenizer: Any, fo
     samples of the held-out files (for the loop's validation loss only).
 
     Returns:
-        Row counts: ``{"corpus_blocks", "passkey_rows", "validation_rows"}``.
+        Row counts ``{"corpus_blocks", "passkey_rows", "validation_rows"}``, and the held-out
+        files' tokens as one (T,) stream (the test's haystack source).
     """
     from hf_wavepos.data.blocks import save_packed_blocks
     from hf_wavepos.data.packing import BlockPacker, tokenize_documents
@@ -74,15 +77,14 @@ def build_training_rows(config: RetrievalConfig, splits: Any, tokenizer: Any, fo
 
     rng = np.random.default_rng(config.seed)
     length = config.block_size
-    out = {}
-    counts = {}
+    out, counts, streams = {}, {}, {}
     for split, texts in (("train", splits.train["text"]), ("validation", splits.validation["text"])):
         documents = tokenize_documents(texts, tokenizer)
         ids, positions = BlockPacker(length).add(documents)
         if split == "validation":
             ids, positions = ids[:32], positions[:32]
         n_passkey = max(1, round(len(ids) * config.passkey_fraction / (1 - config.passkey_fraction)))
-        stream = np.concatenate([np.asarray(d, dtype=np.int64) for d in documents])
+        stream = streams[split] = np.concatenate([np.asarray(d, dtype=np.int64) for d in documents])
         passkey = passkey_rows(stream, tokenizer, length, n_passkey, rng, key_digits=config.key_digits)
         out[split] = {
             "input_ids": np.concatenate([ids, passkey.input_ids]),
@@ -92,7 +94,7 @@ def build_training_rows(config: RetrievalConfig, splits: Any, tokenizer: Any, fo
                       else {"validation_rows": len(ids) + n_passkey})
     save_packed_blocks(folder, out["train"], out["validation"],
                        description=f"stdlib blocks + code passkey samples ({config.passkey_fraction:.0%} of rows)")
-    return counts
+    return counts, streams["validation"]
 
 
 def evaluate_retrieval(models: dict[str, Path], tokenizer: Any, eval_stream: np.ndarray, config: RetrievalConfig) -> dict:
@@ -165,7 +167,6 @@ def run_retrieval(config: RetrievalConfig, out: str | Path) -> dict[str, Any]:
     Returns:
         The summary also written to ``out/retrieval.json``.
     """
-    from hf_wavepos.data.packing import tokenize_documents
     from hf_wavepos.eval.report import write_csv
     from hf_wavepos.training import train
 
@@ -175,7 +176,7 @@ def run_retrieval(config: RetrievalConfig, out: str | Path) -> dict[str, Any]:
     splits, tokenizer = prepare_corpus(config, out, f"[1/{total}]")
     print(f"[2/{total}] training rows: corpus blocks of {config.block_size} tokens and passkey samples "
           f"({config.passkey_fraction:.0%} of rows)", flush=True)
-    counts = build_training_rows(config, splits, tokenizer, out / "data")
+    counts, eval_stream = build_training_rows(config, splits, tokenizer, out / "data")
     folders = {}
     seconds = {}
     for i, method in enumerate(config.methods, start=3):
@@ -186,8 +187,6 @@ def run_retrieval(config: RetrievalConfig, out: str | Path) -> dict[str, Any]:
         folders[method], seconds[method] = result.final_model, time.time() - t0
     print(f"[{total}/{total}] passkey accuracy at {config.lengths} tokens, {config.samples_per_length} samples "
           "each, haystacks from held-out files", flush=True)
-    eval_stream = np.concatenate([np.asarray(d, dtype=np.int64)
-                                  for d in tokenize_documents(splits.validation["text"], tokenizer)])
     results = evaluate_retrieval(folders, tokenizer, eval_stream, config)
     summary = {
         "benchmark": "passkey retrieval by length after training on corpus + passkey samples at L_train",
