@@ -4,6 +4,8 @@
     wavepos basis [--preset oka2025] [--head-dim 64] [--length 2048] [--plot basis.png] [--json]
     wavepos demo [--out runs/demo] [--quick]
     wavepos bench extrapolation [--config bench/configs/extrapolation_cpu.yaml] [--methods rope,long] [--out DIR]
+    wavepos bench extrapolation --rescore RUN --eval-documents 40 --out DIR   (score a finished run's models again)
+    wavepos bench retrieval [--config bench/configs/retrieval_cpu.yaml] [--methods ...] [--out DIR]
     wavepos train CONFIG.yaml [section.key=value ...] [--recipe pretrain|continue|lora] [--resume_from_checkpoint latest]
     wavepos eval {ppl,passkey,needle,longdoc} ...      (see `wavepos eval --help`)
     wavepos card MODEL_DIR --out FOLDER [--eval-run RUN --label NAME ...]
@@ -122,6 +124,13 @@ def _bench(args: argparse.Namespace) -> int:
     """``wavepos bench extrapolation|retrieval``: the config file (or the quick one), a method subset."""
     import dataclasses
 
+    if getattr(args, "rescore", None):
+        from hf_wavepos.extrapolation import rescore_run
+
+        if args.eval_documents is None:
+            raise ValueError("--rescore needs --eval-documents N (how many held-out long files to score).")
+        rescore_run(args.rescore, Path(args.out), args.eval_documents)
+        return 0
     if args.benchmark == "extrapolation":
         from hf_wavepos.demo import QUICK
         from hf_wavepos.extrapolation import ExtrapolationConfig as Config
@@ -178,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--out", default=f"runs/{name}", help="output folder")
         command.add_argument("--quick", action="store_true", help="toy sizes (for tests)")
         command.set_defaults(func=_bench)
+        if name == "extrapolation":
+            command.add_argument("--rescore", metavar="RUN", help="score the models of a finished run again (no training)")
+            command.add_argument("--eval-documents", type=int, help="with --rescore: number of held-out long files")
 
     train = sub.add_parser("train", help="run a training recipe (same as recipes/<recipe>.py; see recipes/README.md)")
     train.add_argument("config", help="experiment YAML, e.g. recipes/configs/tiny_cpu.yaml")

@@ -57,7 +57,7 @@ class ExtrapolationConfig:
     intermediate_size: int = 384
     train_documents: int | None = 600
     heldout_documents: int = 60
-    eval_documents: int = 16
+    eval_documents: int = 40  # METHOD.md's calibration scores 40 held-out long files
     length_multiples: tuple[float, ...] = (1, 2, 4, 8, 16)
     seed: int = 0
     threads: int | None = 2
@@ -212,20 +212,13 @@ def run_extrapolation(config: ExtrapolationConfig, out: str | Path, progress_pre
         The summary also written to ``out/extrapolation.json``: settings, device, versions,
         training results, perplexity rows per method and ratios to the training length.
     """
-    from transformers import AutoModelForCausalLM
-
-    from hf_wavepos.eval.perplexity import perplexity_report
-    from hf_wavepos.eval.report import write_perplexity
     from hf_wavepos.training import train
 
     out = Path(out)
     started = time.time()
     total = len(config.methods) + 2
     splits, tokenizer = prepare_corpus(config, out, f"{progress_prefix}[1/{total}]")
-    longest = max(config.lengths)
-    texts = [t for t in splits.validation["text"] if len(tokenizer(t).input_ids) >= longest][: config.eval_documents]
-    if not texts:
-        raise ValueError(f"no held-out file has {longest} tokens: lower length_multiples or raise heldout_documents.")
+    texts = eval_texts(config, splits, tokenizer)
     trained: dict[str, dict[str, Any]] = {}
     for i, method in enumerate(config.methods, start=2):
         print(f"{progress_prefix}[{i}/{total}] training {method}: L_train {config.block_size}, {config.steps} steps x "
@@ -236,21 +229,83 @@ def run_extrapolation(config: ExtrapolationConfig, out: str | Path, progress_pre
                            "val_loss": result.val_loss, "tokens_per_second": result.tokens_per_second}
     print(f"{progress_prefix}[{total}/{total}] full-sequence perplexity at {config.lengths} tokens on "
           f"{len(texts)} held-out files", flush=True)
+    summary = score_methods(config, {m: t["folder"] for m, t in trained.items()}, texts, tokenizer, out)
+    summary.update(training=trained, seconds=time.time() - started)
+    (out / "extrapolation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(format_table(summary["perplexity"], config.block_size), flush=True)
+    return summary
+
+
+def rescore_run(run: str | Path, out: str | Path, eval_documents: int) -> dict[str, Any]:
+    """Score the models of a finished `run_extrapolation` run again on another number of held-out
+    files (same split, tokenizer and lengths; no training). Writes ``extrapolation.json`` (with the
+    run's training record) and ``perplexity.{json,csv,png}`` under ``out``.
+
+    Args:
+        run: the finished run's folder (``extrapolation.json``, ``tokenizer/``, ``models/``).
+        out: where to write (not ``run`` itself: the run's own results are kept).
+        eval_documents: how many held-out long files to score.
+    """
+    from transformers import AutoTokenizer
+
+    from hf_wavepos.data import load_text_splits
+
+    run, out = Path(run), Path(out)
+    if out.resolve() == run.resolve():
+        raise ValueError(f"out={out} is the run folder: choose another folder so the run's own results are kept.")
+    record_file = run / "extrapolation.json"
+    if not record_file.is_file():
+        raise FileNotFoundError(f"{record_file} not found: run is not a finished `wavepos bench extrapolation` run.")
+    record = json.loads(record_file.read_text())
+    settings = dict(record["settings"], eval_documents=eval_documents)
+    settings.update((k, tuple(settings[k])) for k in ("methods", "length_multiples"))
+    config = ExtrapolationConfig(**settings)
+    tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
+    splits = load_text_splits("stdlib", validation_size=config.heldout_documents, seed=config.seed,
+                              max_documents=config.train_documents)
+    texts = eval_texts(config, splits, tokenizer)
+    folders = {m: str(run / "models" / m / "final") for m in config.methods}
+    out.mkdir(parents=True, exist_ok=True)
+    summary = score_methods(config, folders, texts, tokenizer, out)
+    summary.update(training=record["training"], rescored_from=str(run))
+    (out / "extrapolation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(format_table(summary["perplexity"], config.block_size), flush=True)
+    return summary
+
+
+def eval_texts(config: ExtrapolationConfig, splits: Any, tokenizer: Any) -> list[str]:
+    """The first ``config.eval_documents`` held-out files with at least the longest evaluation
+    length in tokens (fewer, with a notice, when the held-out split has fewer such files)."""
+    longest = max(config.lengths)
+    texts = [t for t in splits.validation["text"] if len(tokenizer(t).input_ids) >= longest][: config.eval_documents]
+    if not texts:
+        raise ValueError(f"no held-out file has {longest} tokens: lower length_multiples or raise heldout_documents.")
+    if len(texts) < config.eval_documents:
+        print(f"note: only {len(texts)} of the {config.heldout_documents} held-out files have {longest} tokens "
+              f"(eval_documents={config.eval_documents}); raise heldout_documents for more.", flush=True)
+    return texts
+
+
+def score_methods(config: ExtrapolationConfig, folders: dict[str, str], texts: list[str], tokenizer: Any,
+                  out: Path) -> dict[str, Any]:
+    """Full-sequence perplexity of each trained model (method -> saved folder) at ``config.lengths``
+    on ``texts``; writes ``perplexity.{json,csv,png}`` under ``out`` and returns the benchmark
+    record (settings, device, versions, perplexity rows, ratios to the training length)."""
+    from transformers import AutoModelForCausalLM
+
+    from hf_wavepos.eval.perplexity import perplexity_report
+    from hf_wavepos.eval.report import write_perplexity
 
     def models():
-        for method in config.methods:
-            model = AutoModelForCausalLM.from_pretrained(trained[method]["folder"])
+        for method, folder in folders.items():
+            model = AutoModelForCausalLM.from_pretrained(folder)
             yield method, model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
 
     report = perplexity_report(models(), texts, config.lengths, mode="full", batch_size=config.eval_batch_size,
-                               source=f"stdlib held-out files (>= {longest} tokens)")
+                               source=f"stdlib held-out files (>= {max(config.lengths)} tokens)")
     write_perplexity(report, out, train_length=config.block_size)
-    summary = {
+    return {
         "benchmark": "position-encoding extrapolation (full-sequence perplexity by length)", **run_record(config),
-        "eval_documents": len(texts), "training": trained, "perplexity": report["results"],
+        "eval_documents": len(texts), "perplexity": report["results"],
         "ratio_to_train_length": ratio_table(report["results"], config.block_size),
-        "seconds": time.time() - started,
     }
-    (out / "extrapolation.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(format_table(report["results"], config.block_size), flush=True)
-    return summary

@@ -37,7 +37,7 @@ def test_console_script_module_entry():
     assert "8 scales x 8 shifts" in out.stdout
 
 
-def test_demo_quick(tmp_path):
+def test_demo_quick(tmp_path, capsys):
     from hf_wavepos.demo import QUICK, run_demo
 
     summary = run_demo(tmp_path, quick=True)
@@ -49,6 +49,22 @@ def test_demo_quick(tmp_path):
     for name in ("demo.json", "eval/perplexity.png", "eval/extrapolation.json", "hub/wavepos-demo-llama/README.md",
                  "hub/wavepos-demo-llama/model.safetensors", "hub/wavepos-demo-llama/modeling_wavepos_llama.py"):
         assert (tmp_path / name).stat().st_size > 0, name
+
+    # Re-scoring the run's models (no training): same files -> the same numbers; fewer files -> fewer.
+    run = tmp_path / "eval"
+    assert main(["bench", "extrapolation", "--rescore", str(run), "--eval-documents", str(QUICK.eval_documents),
+                 "--out", str(tmp_path / "same")]) == 0
+    same = json.loads((tmp_path / "same" / "extrapolation.json").read_text())
+    assert same["perplexity"] == summary["perplexity"] and same["training"] == summary["training"]
+    assert main(["bench", "extrapolation", "--rescore", str(run), "--eval-documents", "1", "--out",
+                 str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "extrapolation.json").read_text())
+    assert one["eval_documents"] == 1 and {r["num_documents"] for rows in one["perplexity"].values() for r in rows} == {1}
+    for args, message in ((["--eval-documents", "1", "--out", str(run)], "is the run folder"),
+                          (["--out", str(tmp_path / "x")], "--rescore needs --eval-documents N")):
+        with pytest.raises(SystemExit):
+            main(["bench", "extrapolation", "--rescore", str(run), *args])
+        assert message in capsys.readouterr().err
 
 
 def test_extrapolation_configs_validate(tmp_path):
