@@ -31,6 +31,18 @@ def plot_perplexity(report: dict, path: str | Path, train_length: int | None = N
         ax.plot([r["length"] for r in rows], [r["perplexity"] for r in rows], marker="o", label=label)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    lengths = sorted({r["length"] for rows in report["results"].values() for r in rows})
+    ax.set_xticks(lengths, [str(n) for n in lengths])  # the measured lengths, as plain numbers
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    plain = FuncFormatter(lambda y, _: f"{y:g}")  # 50, 60, 100 rather than 5 x 10^1
+    ax.yaxis.set_major_formatter(plain)
+    low, high = ax.get_ylim()
+    if high / low < 10:  # within a decade: label every minor tick (60, 70, ...)
+        ax.yaxis.set_minor_formatter(plain)
+    else:  # wider: label 20, 50, 200, 500, ...
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}" if f"{y:e}"[0] in "25" else ""))
     if train_length:
         ax.axvline(train_length, color="grey", linestyle="--", linewidth=1, label=f"train length {train_length}")
     protocol = report["protocol"]
