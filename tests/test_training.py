@@ -285,6 +285,18 @@ def test_bad_inputs_fail_before_any_compute(tmp_path, tok, fresh_accelerate, ove
     assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+@pytest.mark.parametrize(("flag", "backend"), [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_sharded_launch_config_without_gpu_is_refused(tmp_path, fresh_accelerate, monkeypatch, flag, backend):
+    """Accelerate would silently train unsharded data parallel; the loop says so and stops first."""
+    monkeypatch.setenv(flag, "true")
+    out = tmp_path / "run"
+    config = load_config(ROOT / "recipes" / "configs" / "tiny_cpu.yaml", [f"output_dir={out}", "log.trackers=[]"])
+    with pytest.raises(ValueError, match=f"asks for {backend} .* no GPU .*recipes/accelerate/cpu_2proc.yaml"):
+        train(config)
+    assert not out.exists()
+
+
 def test_continued_pretraining_in_process_streams_and_logs(tmp_path, tok, fresh_accelerate):
     """GPT-2 (n_positions 128) converted to wavelets trains at 256 tokens, streaming JSON lines."""
     base = tmp_path / "gpt2"

@@ -173,6 +173,8 @@ def train(config: TrainConfig, resume_from_checkpoint: str | None = None) -> Tra
     # ---- 1. every input check, before any compute
     position = resolve_position(config.model.position, config.data.block_size)
     cpu = not _has_accelerator()  # several processes on a CPU-only machine: gloo (MULTI_CPU)
+    if cpu:
+        _refuse_sharding_without_gpu()
     state = PartialState(cpu=cpu)
     plan = BatchPlan(config.train.global_batch_size, config.train.per_device_batch_size,
                      state.num_processes, state.process_index)
@@ -327,6 +329,7 @@ def train(config: TrainConfig, resume_from_checkpoint: str | None = None) -> Tra
     summary = {
         "steps": max_steps, "train_loss": train_loss, "val_loss": val_loss,
         "tokens_per_second": tokens_per_second, "processes": plan.num_processes,
+        "distributed_type": str(accelerator.distributed_type.value),
         "global_batch_size": config.train.global_batch_size, "block_size": config.data.block_size,
         "accumulation_steps": plan.accumulation_steps, "parameters": total, "trainable_parameters": trainable,
         "mixed_precision": config.train.mixed_precision, "device": _device_name(accelerator.device),
@@ -337,6 +340,20 @@ def train(config: TrainConfig, resume_from_checkpoint: str | None = None) -> Tra
         ckpt.write_json_atomic(output_dir / SUMMARY_FILE, summary)
     accelerator.end_training()
     return TrainResult(str(output_dir), max_steps, train_loss, val_loss, tokens_per_second, final_model, adapter, summary)
+
+
+def _refuse_sharding_without_gpu() -> None:
+    """Accelerate runs FSDP and DeepSpeed only on GPUs; on a CPU-only machine it would silently train
+    plain data-parallel instead, with none of the sharding the launch config asked for."""
+    from accelerate.utils import parse_flag_from_env
+
+    for flag, backend in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if parse_flag_from_env(flag):
+            raise ValueError(
+                f"the launch config asks for {backend} ({flag}=true), but this machine has no GPU and Accelerate "
+                f"runs {backend} only on GPUs (it would fall back to unsharded data parallel). On a CPU use "
+                "recipes/accelerate/cpu_2proc.yaml, or launch on a GPU machine."
+            )
 
 
 def _has_accelerator() -> bool:
