@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: test demo bench-cpu bench-gpu clean
+.PHONY: test demo bench-cpu bench-gpu gpu-wheels clean
 
 # One stamp per extra: `make demo` installs only what the demo needs (faster on a fresh machine).
 $(VENV)/.installed-%: pyproject.toml
@@ -28,6 +28,13 @@ bench-cpu: $(VENV)/.installed-dev
 
 bench-gpu: $(VENV)/.installed-dev
 	$(PY) bench/attention_gpu.py
+
+# Wheels a bare GPU machine lacks (no registry there), for bench/gpu_session.sh (Python 3.12 there).
+GPU_WHEELS ?= datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -193,8 +193,10 @@ def measure_attention(method, preset, length, args, dev: Device) -> dict:
     return {"seconds": statistics.median(times), "seconds_all": times, "peak_mib": peak}
 
 
-def run_attention(args, dev: Device, progress) -> dict:
-    results: dict = {}
+def run_attention(args, dev: Device, progress, results: dict | None = None, on_item=lambda: None) -> dict:
+    """Forward+backward time and memory of every (method, preset, length); fills ``results`` (and
+    calls ``on_item`` after each measurement, so a caller can save partial results)."""
+    results = {} if results is None else results
     plan = [(m, None, L) for L in args.lengths for m in BASELINES]
     for L in args.lengths:
         for preset in args.presets:
@@ -204,6 +206,7 @@ def run_attention(args, dev: Device, progress) -> dict:
     for method, preset, L in progress(plan, desc="attention fwd+bwd"):
         key = method if preset is None else f"{method}/{preset}"
         results.setdefault(str(L), {})[key] = measure_attention(method, preset, L, args, dev)
+        on_item()
         if dev.cuda:
             torch.cuda.empty_cache()
     return results
@@ -400,14 +403,21 @@ def main(argv=None) -> dict:
         "shape": {"batch": 1, "heads": args.heads, "head_dim": args.head_dim, "lengths": args.lengths},
     }
     t0 = time.perf_counter()
-    results["attention"] = run_attention(args, dev, progress)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def save(finished: bool) -> None:  # after every section: a run cut short still leaves what it measured
+        results["finished"] = finished
+        results["wall_seconds"] = time.perf_counter() - t0
+        (args.out_dir / "attention_gpu.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    results["attention"] = {}
+    run_attention(args, dev, progress, results["attention"], on_item=lambda: save(False))
     results["decode"] = run_decode(args, dev)
+    save(False)
     if not args.skip_training:
         results["training"] = run_training(args, dev, progress)
     results["targets"] = targets(results, args)
-    results["wall_seconds"] = time.perf_counter() - t0
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "attention_gpu.json").write_text(json.dumps(results, indent=2) + "\n")
+    save(True)
     plot(results, args, args.out_dir / "attention_gpu.png")
     for name, t in results["targets"].items():
         value = "-" if t["value"] is None else f"{t['value']:.3f}"

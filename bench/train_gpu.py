@@ -62,10 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     extra = [f"data.max_documents={args.max_documents}"]
     config, steps, positions = Path(args.config), args.steps, args.positions
     if args.cpu_smoke:
-        config, steps, positions, extra = ROOT / "recipes" / "configs" / "tiny_cpu.yaml", 3, ["oka2025"], []
+        config, steps, positions, extra = ROOT / "recipes" / "configs" / "tiny_cpu.yaml", 3, ["oka2025", "rope"], []
     elif not torch.cuda.is_available():
         parser.error("no CUDA GPU: this benchmark measures GPU training (use --cpu-smoke to check the script).")
-    runs = [run_one(config, p, steps, Path(args.work), extra) for p in positions]
+    runs = []
+    for position in positions:
+        runs.append(run_one(config, position, steps, Path(args.work), extra))
+        if len(runs) == 1:  # the later runs reuse the first run's tokenizer instead of training it again
+            extra = [*extra, f"model.tokenizer={Path(args.work) / positions[0].replace('/', '_') / 'tokenizer'}"]
     result = {
         "benchmark": "training throughput and peak memory, recipes/pretrain.py",
         "device": runs[0]["device"],
@@ -77,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [
             {k: r.get(k) for k in ("position", "tokens_per_second", "peak_memory_gib", "train_loss", "block_size",
                                     "global_batch_size", "accumulation_steps", "processes", "mixed_precision",
-                                    "parameters")}
+                                    "parameters", "distributed_type")}
             for r in runs
         ],
     }

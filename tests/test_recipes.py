@@ -151,3 +151,16 @@ def test_lora_recipe_merged_model_matches_adapter(tmp_path):
         untrained = hf_wavepos.apply_wavepos(AutoModelForCausalLM.from_pretrained(base_dir), "oka2025")(ids).logits
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert (untrained - want).abs().max() > 1e-2  # the adapter (and the trained norms/embeddings) changed the model
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, run bench/train_gpu.py itself")
+def test_gpu_training_benchmark_script_in_cpu_smoke_mode(tmp_path):
+    """bench/train_gpu.py end to end on the tiny config: two methods, the second reusing the first's
+    tokenizer, one JSON naming the device."""
+    out, work = tmp_path / "train_gpu.json", tmp_path / "work"
+    _run([PYTHON, "bench/train_gpu.py", "--cpu-smoke", "--out", str(out), "--work", str(work)], tmp_path / "log.txt")
+    result = json.loads(out.read_text())
+    assert [r["position"] for r in result["runs"]] == ["oka2025", "rope"]
+    assert all(r["tokens_per_second"] > 0 and r["distributed_type"] == "NO" for r in result["runs"])
+    used = (work / "rope" / "train_config.yaml").read_text()
+    assert f"tokenizer: {work / 'oka2025' / 'tokenizer'}" in used
