@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, RuntimeError) as err:
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
         parser.exit(2, f"wavepos {args.command}: error: {err}\n")
 
 

@@ -61,7 +61,9 @@ def test_demo_quick(tmp_path, capsys):
     one = json.loads((tmp_path / "one" / "extrapolation.json").read_text())
     assert one["eval_documents"] == 1 and {r["num_documents"] for rows in one["perplexity"].values() for r in rows} == {1}
     for args, message in ((["--eval-documents", "1", "--out", str(run)], "is the run folder"),
-                          (["--out", str(tmp_path / "x")], "--rescore needs --eval-documents N")):
+                          (["--out", str(tmp_path / "x")], "--rescore needs --eval-documents N"),
+                          (["--eval-documents", "1", "--out", str(tmp_path / "y"), "--rescore", str(tmp_path)],
+                           "is not a finished `wavepos bench extrapolation` run")):
         with pytest.raises(SystemExit):
             main(["bench", "extrapolation", "--rescore", str(run), *args])
         assert message in capsys.readouterr().err
