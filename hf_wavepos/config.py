@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -126,6 +127,15 @@ class WavePosConfig:
             raise ValueError(
                 f"sign_convention={self.sign_convention!r} is not allowed; allowed values: "
                 f"{', '.join(repr(s) for s in SIGN_CONVENTIONS)}."
+            )
+        if self.wavelet == "haar" and self.sign_convention == "m-n" and self.method == "wavelet":
+            warnings.warn(
+                "wavelet='haar' is the Haar reflected to t < 0 (METHOD.md Sec. 2, the paper's appendix, which "
+                "writes relative positions as 0, -1, -2, ...). With sign_convention='m-n' (t = (r - b) / a, r >= 0) "
+                "it is non-zero only at distances r < b, at most shifts_per_scale - 1 tokens, so the model gets "
+                "almost no position information; use sign_convention='n-m'.",
+                UserWarning,
+                stacklevel=3,
             )
         if not isinstance(self.morlet_omega, (int, float)) or not math.isfinite(self.morlet_omega):
             raise ValueError(f"morlet_omega must be a finite number, got {self.morlet_omega!r}.")

@@ -33,7 +33,8 @@ METHODS: dict[str, Any] = {
     "long": "long",
     "long-no-logn": {"preset": "long", "log_n_scaling": False},
     "gaussian": {"preset": "oka2025", "wavelet": "gaussian"},
-    "haar": {"preset": "oka2025", "wavelet": "haar"},
+    # The reflected Haar (support t in [-1, 0)) is causal under t = n - m only (see WavePosConfig).
+    "haar": {"preset": "oka2025", "wavelet": "haar", "sign_convention": "n-m"},
     "morlet": {"preset": "oka2025", "wavelet": "morlet"},
 }
 

@@ -16,6 +16,7 @@ CLOSED_FORMS = {
 
 @pytest.mark.parametrize("wavelet", sorted(CLOSED_FORMS))
 @pytest.mark.parametrize("sign", ["m-n", "n-m"])
+@pytest.mark.filterwarnings("ignore:wavelet='haar' is the Haar reflected")  # both conventions, on purpose
 def test_table_matches_closed_form(wavelet, sign):
     config = WavePosConfig(wavelet=wavelet, num_scales=4, sign_convention=sign)
     head_dim, length = 12, 40
@@ -58,6 +59,7 @@ def test_table_made_in_inference_mode_is_usable_for_autograd():
 
 @pytest.mark.parametrize("wavelet", sorted(CLOSED_FORMS))
 @pytest.mark.parametrize("sign", ["m-n", "n-m"])
+@pytest.mark.filterwarnings("ignore:wavelet='haar' is the Haar reflected")  # both conventions, on purpose
 def test_cutoff_rule(wavelet, sign):
     config = WavePosConfig(wavelet=wavelet, num_scales=4, sign_convention=sign)
     support = wavelet_support(config, 16)

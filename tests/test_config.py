@@ -28,7 +28,7 @@ def test_dict_round_trip_through_json(name):
 
 
 def test_overrides_and_explicit_shifts():
-    config = WavePosConfig.from_preset("oka2025", wavelet="haar", shifts_per_scale=4, num_scales=16)
+    config = WavePosConfig.from_preset("oka2025", wavelet="gaussian", shifts_per_scale=4, num_scales=16)
     assert config.resolved_shifts(64) == 4
     assert len(config.scales_and_shifts(64)) == 64
 
@@ -68,3 +68,16 @@ def test_unknown_preset_and_unknown_keys():
         WavePosConfig.from_dict({"num_scale": 8})
     with pytest.raises(ValueError, match="mapping"):
         WavePosConfig.from_dict(["ricker"])
+
+
+def test_reflected_haar_needs_the_n_minus_m_convention():
+    """The reflected Haar lives on t in [-1, 0): under t = (r - b) / a it only reaches distances r < b."""
+    from hf_wavepos import wavelet_table
+
+    with pytest.warns(UserWarning, match="use sign_convention='n-m'"):
+        m_n = WavePosConfig.from_preset("oka2025", wavelet="haar")
+    n_m = WavePosConfig.from_preset("oka2025", wavelet="haar", sign_convention="n-m")
+    shifts = m_n.resolved_shifts(64)
+    reach = lambda table: int(table.abs().sum(1).nonzero().max()) + 1  # noqa: E731 - last non-zero distance + 1
+    assert reach(wavelet_table(m_n, 64, 512)) == shifts - 1  # nothing from shifts - 1 tokens back
+    assert reach(wavelet_table(n_m, 64, 512)) == 129  # b = 0: distances 1 .. a, up to the largest scale 128
