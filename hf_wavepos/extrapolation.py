@@ -179,18 +179,25 @@ def prepare_corpus(config: ExtrapolationConfig, out: Path, step: str) -> tuple[A
     Returns:
         ``(splits, tokenizer)``: `hf_wavepos.data.TextSplits` and the trained tokenizer.
     """
-    from hf_wavepos.data import load_text_splits
     from hf_wavepos.data.tokenizers import train_bpe_tokenizer
 
     if config.threads:
         torch.set_num_threads(config.threads)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{step} BPE tokenizer ({config.vocab_size}) on the standard library source", flush=True)
-    splits = load_text_splits("stdlib", validation_size=config.heldout_documents, seed=config.seed,
-                              max_documents=config.train_documents)
+    splits = stdlib_splits(config)
     tokenizer = train_bpe_tokenizer(splits.train["text"], config.vocab_size)
     tokenizer.save_pretrained(out / "tokenizer")
     return splits, tokenizer
+
+
+def stdlib_splits(config: ExtrapolationConfig) -> Any:
+    """The benchmark's standard-library files, split into training and held-out files
+    (``heldout_documents``, ``train_documents``, ``seed``): the same split for a run and its rescoring."""
+    from hf_wavepos.data import load_text_splits
+
+    return load_text_splits("stdlib", validation_size=config.heldout_documents, seed=config.seed,
+                            max_documents=config.train_documents)
 
 
 def run_record(config: ExtrapolationConfig) -> dict[str, Any]:
@@ -232,9 +239,7 @@ def run_extrapolation(config: ExtrapolationConfig, out: str | Path, progress_pre
           f"{len(texts)} held-out files", flush=True)
     summary = score_methods(config, {m: t["folder"] for m, t in trained.items()}, texts, tokenizer, out)
     summary.update(training=trained, seconds=time.time() - started)
-    (out / "extrapolation.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(format_table(summary["perplexity"], config.block_size), flush=True)
-    return summary
+    return _write_summary(summary, config, out)
 
 
 def rescore_run(run: str | Path, out: str | Path, eval_documents: int) -> dict[str, Any]:
@@ -249,8 +254,6 @@ def rescore_run(run: str | Path, out: str | Path, eval_documents: int) -> dict[s
     """
     from transformers import AutoTokenizer
 
-    from hf_wavepos.data import load_text_splits
-
     run, out = Path(run), Path(out)
     if out.resolve() == run.resolve():
         raise ValueError(f"out={out} is the run folder: choose another folder so the run's own results are kept.")
@@ -262,13 +265,15 @@ def rescore_run(run: str | Path, out: str | Path, eval_documents: int) -> dict[s
     settings.update((k, tuple(settings[k])) for k in ("methods", "length_multiples"))
     config = ExtrapolationConfig(**settings)
     tokenizer = AutoTokenizer.from_pretrained(run / "tokenizer")
-    splits = load_text_splits("stdlib", validation_size=config.heldout_documents, seed=config.seed,
-                              max_documents=config.train_documents)
-    texts = eval_texts(config, splits, tokenizer)
+    texts = eval_texts(config, stdlib_splits(config), tokenizer)
     folders = {m: str(run / "models" / m / "final") for m in config.methods}
     out.mkdir(parents=True, exist_ok=True)
     summary = score_methods(config, folders, texts, tokenizer, out)
     summary.update(training=record["training"], rescored_from=str(run))
+    return _write_summary(summary, config, out)
+
+
+def _write_summary(summary: dict[str, Any], config: ExtrapolationConfig, out: Path) -> dict[str, Any]:
     (out / "extrapolation.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_table(summary["perplexity"], config.block_size), flush=True)
     return summary

@@ -5,10 +5,10 @@ The paper argues that ALiBi restricts the receptive field (its distance penalty 
 while wavelets do not. This benchmark tests the claim directly. Every method trains the same
 Llama-style model with the project's one training loop on the same rows: corpus blocks of the
 Python standard library mixed with code passkey samples of L_train tokens
-(`hf_wavepos.eval.code_passkey`: ``pass_key = <5 digits>`` hidden in real code, then
-``assert pass_key ==`` and the key). Each model is then asked for the key in samples of 1x, 2x, 4x,
-8x and 16x L_train whose haystacks come from held-out files, with needle depths spread evenly
-from the start of the window to its end (the same samples for every method). A sample counts
+(`hf_wavepos.eval.code_passkey`: ``pass_key = $<5 digits>`` hidden in real code, then
+``# recall:`` / ``pass_key = $`` and the key). Each model is then asked for the key in samples of
+1x, 2x, 4x, 8x and 16x L_train whose haystacks come from held-out files, with needle depths spread
+evenly from the start of the window to its end (the same samples for every method). A sample counts
 when greedy decoding would emit the key's tokens exactly.
 
 Outputs under ``out``: ``retrieval.json`` (settings, device, versions, accuracy by length and by
@@ -139,34 +139,13 @@ def format_accuracy(accuracy: dict[str, dict[int, float]], block_size: int) -> s
     return "\n".join(lines)
 
 
-def plot_accuracy(accuracy: dict[str, dict[int, float]], block_size: int, path: Path, title: str) -> Path:
-    """Accuracy against length, one line per method, the training length marked."""
-    from hf_wavepos.plots import _pyplot
-
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
-    for method, by in accuracy.items():
-        lengths = sorted(by)
-        ax.plot(lengths, [100 * by[n] for n in lengths], marker="o", label=method)
-    ax.axvline(block_size, color="grey", linestyle="--", linewidth=1, label=f"L_train {block_size}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("prompt length (tokens)")
-    ax.set_ylabel("passkey accuracy (%)")
-    ax.set_ylim(-3, 103)
-    ax.set_title(title, fontsize="medium")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def run_retrieval(config: RetrievalConfig, out: str | Path) -> dict[str, Any]:
     """Train every method on corpus + passkey rows, measure passkey accuracy by length, write results.
 
     Returns:
         The summary also written to ``out/retrieval.json``.
     """
+    from hf_wavepos.eval.plots import plot_accuracy_by_length
     from hf_wavepos.eval.report import write_csv
     from hf_wavepos.training import train
 
@@ -199,7 +178,7 @@ def run_retrieval(config: RetrievalConfig, out: str | Path) -> dict[str, Any]:
     }
     (out / "retrieval.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_csv(results["samples"], out / "retrieval.csv")
-    plot_accuracy(results["accuracy"], config.block_size, out / "retrieval.png",
+    plot_accuracy_by_length(results["accuracy"], config.block_size, out / "retrieval.png",
                   f"passkey retrieval, trained at L_train = {config.block_size} ({config.steps} steps), "
                   f"{config.samples_per_length} samples per length")
     print(format_accuracy(results["accuracy"], config.block_size), flush=True)

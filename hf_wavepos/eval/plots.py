@@ -1,20 +1,11 @@
-"""Evaluation plots: perplexity-vs-length curves and retrieval heatmaps (matplotlib, Agg backend)."""
+"""Evaluation plots: perplexity and accuracy against length, retrieval heatmaps (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("plots need matplotlib: pip install 'hf-wavepos[eval]'") from err
-    return plt
+from hf_wavepos.plots import _pyplot
 
 
 def plot_perplexity(report: dict, path: str | Path, train_length: int | None = None) -> Path:
@@ -83,6 +74,33 @@ def plot_heatmap(
     ax.set_ylabel("depth")
     ax.set_title(title, fontsize="small")
     fig.colorbar(image, ax=ax, label=colorbar_label)
+    return _save(fig, plt, path)
+
+
+def plot_accuracy_by_length(
+    accuracy: dict[str, dict[int, float]], train_length: int, path: str | Path, title: str
+) -> Path:
+    """Accuracy (%) against prompt length (log2 x), one line per method, the training length marked.
+
+    Args:
+        accuracy: method -> {length: accuracy in [0, 1]}.
+        train_length: drawn as a vertical line.
+        path: where to write the PNG.
+        title: plot title.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
+    for method, by in accuracy.items():
+        lengths = sorted(by)
+        ax.plot(lengths, [100 * by[n] for n in lengths], marker="o", label=method)
+    ax.axvline(train_length, color="grey", linestyle="--", linewidth=1, label=f"L_train {train_length}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("prompt length (tokens)")
+    ax.set_ylabel("passkey accuracy (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_title(title, fontsize="medium")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
     return _save(fig, plt, path)
 
 
