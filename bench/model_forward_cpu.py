@@ -17,7 +17,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import hf_wavepos
-from hf_wavepos.benchmark import cpu_name
+from hf_wavepos.experiments.attention_speed import cpu_name
 
 
 def main(out="bench/results/model_forward_cpu.json", length=4096, repeats=5):

@@ -4,8 +4,7 @@ Importing the package registers the model types ``wavepos_llama``, ``wavepos_gpt
 ``wavepos_gpt2`` with transformers' Auto classes.
 """
 
-__version__ = "0.1.0"
-
+from hf_wavepos.version import __version__
 from hf_wavepos.attention import available_backends, use_backend, wavepos_attention  # noqa: E402
 from hf_wavepos.basis import register_wavelet, registered_wavelets, wavelet_support, wavelet_table  # noqa: E402
 from hf_wavepos.config import PRESETS, WavePosConfig  # noqa: E402

@@ -3,9 +3,9 @@
     wavepos --version
     wavepos basis [--preset oka2025] [--head-dim 64] [--length 2048] [--plot basis.png] [--json]
     wavepos demo [--out runs/demo] [--quick]
-    wavepos bench extrapolation [--config bench/configs/extrapolation_cpu.yaml] [--methods rope,long] [--out DIR]
+    wavepos bench extrapolation [--config extrapolation_cpu|FILE.yaml] [--methods rope,long] [--out DIR]
     wavepos bench extrapolation --rescore RUN --eval-documents 40 --out DIR   (score a finished run's models again)
-    wavepos bench retrieval [--config bench/configs/retrieval_cpu.yaml] [--methods ...] [--out DIR]
+    wavepos bench retrieval [--config retrieval_cpu|FILE.yaml] [--methods ...] [--out DIR]
     wavepos train CONFIG.yaml [section.key=value ...] [--recipe pretrain|continue|lora] [--resume_from_checkpoint latest]
     wavepos eval {ppl,passkey,needle,longdoc} ...      (see `wavepos eval --help`)
     wavepos card MODEL_DIR --out FOLDER [--eval-run RUN --label NAME ...]
@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from hf_wavepos import __version__
+from hf_wavepos.version import __version__
 from hf_wavepos.basis import get_wavelet, registered_wavelets, wavelet_support
 from hf_wavepos.config import PRESETS, WavePosConfig
 
@@ -52,7 +52,7 @@ def _basis(args: argparse.Namespace) -> int:
             print(f"  log-n query scaling past train_length = {config.train_length}")
         print(f"  registered wavelets: {', '.join(registered_wavelets())}")
     if args.plot:
-        from hf_wavepos.plots import plot_basis
+        from hf_wavepos.experiments.basis_plot import plot_basis
 
         path = plot_basis(config, args.head_dim, args.length, args.plot)
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
@@ -60,7 +60,7 @@ def _basis(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from hf_wavepos.demo import run_demo
+    from hf_wavepos.experiments.demo import run_demo
 
     run_demo(Path(args.out), quick=args.quick)
     return 0
@@ -125,20 +125,20 @@ def _bench(args: argparse.Namespace) -> int:
     import dataclasses
 
     if getattr(args, "rescore", None):
-        from hf_wavepos.extrapolation import rescore_run
+        from hf_wavepos.experiments.extrapolation import rescore_run
 
         if args.eval_documents is None:
             raise ValueError("--rescore needs --eval-documents N (how many held-out long files to score).")
         rescore_run(args.rescore, Path(args.out), args.eval_documents)
         return 0
     if args.benchmark == "extrapolation":
-        from hf_wavepos.demo import QUICK
-        from hf_wavepos.extrapolation import ExtrapolationConfig as Config
-        from hf_wavepos.extrapolation import run_extrapolation as run
+        from hf_wavepos.experiments.demo import QUICK
+        from hf_wavepos.experiments.extrapolation import ExtrapolationConfig as Config
+        from hf_wavepos.experiments.extrapolation import run_extrapolation as run
     else:
-        from hf_wavepos.retrieval import QUICK
-        from hf_wavepos.retrieval import RetrievalConfig as Config
-        from hf_wavepos.retrieval import run_retrieval as run
+        from hf_wavepos.experiments.retrieval import QUICK
+        from hf_wavepos.experiments.retrieval import RetrievalConfig as Config
+        from hf_wavepos.experiments.retrieval import run_retrieval as run
 
     config = QUICK if args.quick else Config.from_yaml(args.config)
     if args.methods:
@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("extrapolation", "train each method identically, perplexity up to 16x L_train"),
                        ("retrieval", "train each method on corpus + passkey samples, accuracy up to 16x L_train")):
         command = bench.add_parser(name, help=what)
-        command.add_argument("--config", default=f"bench/configs/{name}_cpu.yaml", help="YAML of settings")
+        command.add_argument("--config", default=f"{name}_cpu",
+                             help=f"a shipped config ({name}_cpu, {name}_gpu) or a YAML file of settings")
         command.add_argument("--methods", help="comma-separated subset, e.g. rope,long,alibi")
         command.add_argument("--out", default=f"runs/{name}", help="output folder")
         command.add_argument("--quick", action="store_true", help="toy sizes (for tests)")
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume_from_checkpoint", metavar="latest|DIR")
     train.set_defaults(func=_train)
 
-    from hf_wavepos.eval.cli import add_eval_commands
+    from hf_wavepos.eval.commands import add_eval_commands
 
     add_eval_commands(sub)
 

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 FORMAT_VERSION = 1
 
 SIGN_CONVENTIONS = ("m-n", "n-m")
-METHODS = ("wavelet", "alibi", "nope")
+POSITION_METHODS = ("wavelet", "alibi", "nope")
 
 
 def _known_wavelets() -> tuple[str, ...]:
@@ -98,10 +98,10 @@ class WavePosConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
+        if self.method not in POSITION_METHODS:
             hint = " (RoPE is the stock model: do not convert it)" if str(self.method).lower() == "rope" else ""
             raise ValueError(
-                f"method={self.method!r} is not allowed; allowed values: {', '.join(METHODS)}{hint}."
+                f"method={self.method!r} is not allowed; allowed values: {', '.join(POSITION_METHODS)}{hint}."
             )
         wavelets = _known_wavelets()
         if self.wavelet not in wavelets:

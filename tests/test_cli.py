@@ -1,5 +1,4 @@
 import json
-from pathlib import Path
 import subprocess
 import sys
 
@@ -38,7 +37,7 @@ def test_console_script_module_entry():
 
 
 def test_demo_quick(tmp_path, capsys):
-    from hf_wavepos.demo import QUICK, run_demo
+    from hf_wavepos.experiments.demo import QUICK, run_demo
 
     summary = run_demo(tmp_path, quick=True)
     assert set(summary["perplexity"]) == set(QUICK.methods)
@@ -70,11 +69,13 @@ def test_demo_quick(tmp_path, capsys):
 
 
 def test_extrapolation_configs_validate(tmp_path):
-    from hf_wavepos.extrapolation import ExtrapolationConfig
+    from hf_wavepos.experiments.extrapolation import ExtrapolationConfig
 
-    for name in ("extrapolation_cpu.yaml", "extrapolation_gpu.yaml"):
-        config = ExtrapolationConfig.from_yaml(Path(__file__).parent.parent / "bench" / "configs" / name)
+    for name in ("extrapolation_cpu", "extrapolation_gpu.yaml"):  # shipped names, with or without .yaml
+        config = ExtrapolationConfig.from_yaml(name)
         assert config.lengths[-1] == 16 * config.block_size
+    with pytest.raises(FileNotFoundError, match="shipped configs: extrapolation_cpu, extrapolation_gpu, retrieval_cpu"):
+        ExtrapolationConfig.from_yaml("extrapolation_tpu")
     bad = tmp_path / "bad.yaml"
     bad.write_text("methods: [rope, wavelets]\n")
     with pytest.raises(ValueError, match=r"methods \['wavelets'\] are unknown; allowed values: nope, rope"):

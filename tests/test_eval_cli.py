@@ -7,7 +7,7 @@ import pytest
 from test_eval_fixtures import STDLIB, tiny_llama, tokenizer  # noqa: F401  (fixtures)
 
 from hf_wavepos import apply_wavepos
-from hf_wavepos.eval.cli import add_eval_commands
+from hf_wavepos.eval.commands import add_eval_commands
 
 
 def run(argv):

@@ -186,7 +186,7 @@ def test_wavepos_model_full_and_sliding_equal_hand_computation(tokenizer, docs):
 
 def test_stdlib_heldout_source_is_the_recipes_validation_split():
     from hf_wavepos.data import load_text_splits
-    from hf_wavepos.eval.sources import load_texts
+    from hf_wavepos.eval.texts import load_texts
 
     held_out = load_texts("stdlib-heldout:5:3")
     assert len(held_out) == 5

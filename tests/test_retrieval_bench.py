@@ -151,10 +151,10 @@ def test_passkey_scoring_equals_greedy_generation(tokenizer):
 
 
 def test_retrieval_configs_validate(tmp_path):
-    from hf_wavepos.retrieval import RetrievalConfig
+    from hf_wavepos.experiments.retrieval import RetrievalConfig
 
     for name in ("retrieval_cpu.yaml", "retrieval_gpu.yaml"):
-        config = RetrievalConfig.from_yaml(ROOT / "bench" / "configs" / name)
+        config = RetrievalConfig.from_yaml(ROOT / "hf_wavepos" / "experiments" / "configs" / name)  # a path
         assert config.lengths[-1] == 16 * config.block_size and "long" in config.methods and "alibi" in config.methods
     with pytest.raises(ValueError, match=r"passkey_fraction=1.5 must be in \(0, 1\)"):
         RetrievalConfig(passkey_fraction=1.5)

@@ -35,7 +35,7 @@ from hf_wavepos.training import (  # noqa: E402
     train,
     wrap_lora,
 )
-from hf_wavepos.training.config import LoraSection, ScheduleSection  # noqa: E402
+from hf_wavepos.training.experiment_config import LoraSection, ScheduleSection  # noqa: E402
 from hf_wavepos.training.checkpoint import resolve_resume  # noqa: E402
 from hf_wavepos.training.schedule import lr_lambda  # noqa: E402
 

@@ -28,7 +28,7 @@ import subprocess
 import sysconfig
 from pathlib import Path
 
-from hf_wavepos.eval.sources import read_jsonl, write_jsonl
+from hf_wavepos.eval.texts import read_jsonl, write_jsonl
 
 DATA_DIR = Path(__file__).parent / "data"
 DEBIAN_FAQ_JSONL = DATA_DIR / "debian_faq_chapters.jsonl"

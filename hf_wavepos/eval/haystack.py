@@ -13,7 +13,7 @@ Haystack sources (`haystack_sentences`):
 - ``"stdlib-docstrings"``: the docstrings of this interpreter's top-level standard library modules.
 - ``"classic"``: the repeated filler of the original passkey test (Mohtashami & Jaggi, 2023),
   for comparison with published passkey numbers; it is not real text.
-- any `hf_wavepos.eval.sources.load_texts` source (a path, a Hub dataset, ``"stdlib"``).
+- any `hf_wavepos.eval.texts.load_texts` source (a path, a Hub dataset, ``"stdlib"``).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def haystack_sentences(source: str = "debian-faq", **load_kwargs) -> list[str]:
     elif source == "stdlib-docstrings":
         sentences = [s for doc in stdlib_docstrings() for s in split_sentences(doc)]
     else:
-        from hf_wavepos.eval.sources import load_texts
+        from hf_wavepos.eval.texts import load_texts
 
         sentences = [s for text in load_texts(source, **load_kwargs) for s in split_sentences(text)]
     if not sentences:

@@ -129,7 +129,7 @@ def load_longdoc_records(
         ValueError: the source cannot be read or gives no record.
     """
     from hf_wavepos.eval.datasets_offline import BUILTIN_SETS, builtin_records
-    from hf_wavepos.eval.sources import load_hub_dataset, looks_like_path, read_jsonl
+    from hf_wavepos.eval.texts import load_hub_dataset, looks_like_path, read_jsonl
 
     if source in BUILTIN_SETS:
         raw = builtin_records(source)

@@ -5,7 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from hf_wavepos.plots import _pyplot
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend; ImportError naming the extra when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "plotting needs matplotlib: pip install 'hf-wavepos[eval]' (or pip install matplotlib)."
+        ) from err
+    return plt
 
 
 def plot_perplexity(report: dict, path: str | Path, train_length: int | None = None) -> Path:
@@ -16,7 +28,7 @@ def plot_perplexity(report: dict, path: str | Path, train_length: int | None = N
         path: where to write the PNG.
         train_length: draw a vertical line at the training length, if given.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     for label, rows in report["results"].items():
         ax.plot([r["length"] for r in rows], [r["perplexity"] for r in rows], marker="o", label=label)
@@ -62,7 +74,7 @@ def plot_heatmap(
         path: where to write the PNG.
         title: plot title.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.2 + 0.5 * len(depths)), constrained_layout=True)
     image = ax.imshow(scores, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
     ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
@@ -88,7 +100,7 @@ def plot_accuracy_by_length(
         path: where to write the PNG.
         title: plot title.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
     for method, by in accuracy.items():
         lengths = sorted(by)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from hf_wavepos.eval.plots import plot_heatmap, plot_perplexity
-from hf_wavepos.eval.sources import write_jsonl
+from hf_wavepos.eval.texts import write_jsonl
 
 MANIFEST = "run.json"
 
@@ -53,7 +53,7 @@ def write_csv(rows: Sequence[dict], path: Path) -> Path:
 
 def record_evaluation(run_dir: str | Path, name: str, files: Sequence[Path], summary: dict, **extra) -> Path:
     """Add or replace one evaluation's entry in ``run_dir/run.json`` and return the manifest path."""
-    from hf_wavepos import __version__
+    from hf_wavepos.version import __version__
 
     run_dir = Path(run_dir)
     manifest_path = run_dir / MANIFEST

@@ -75,7 +75,7 @@ def bundle_source(arch_module: str, model_type: str) -> str:
     Raises:
         RuntimeError: if two bundled modules define the same top-level name (they would clash).
     """
-    from hf_wavepos import __version__
+    from hf_wavepos.version import __version__
 
     parts = [HEADER.format(model_type=model_type, version=__version__)]
     seen: dict[str, str] = {}

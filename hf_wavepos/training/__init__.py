@@ -8,7 +8,8 @@ The scripts in ``recipes/`` are thin command lines around `run_recipe`.
 
 from hf_wavepos.training.batches import BatchPlan, PackedBatches, StreamingBatches
 from hf_wavepos.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from hf_wavepos.training.config import TrainConfig, apply_overrides, load_config
+from hf_wavepos.training.experiment_config import TrainConfig, load_config
+from hf_wavepos.training.yaml_dataclasses import apply_overrides
 from hf_wavepos.training.lora import LAYOUTS, lora_config, merge_adapter, wrap_lora
 from hf_wavepos.training.loop import TrainResult, evaluate, merge_lora_from_config, token_loss_sum, train
 from hf_wavepos.training.modeling import check_model_inputs, instantiate_model, model_config, resolve_position

@@ -39,8 +39,8 @@ from tqdm.auto import tqdm
 from hf_wavepos.data.packing import IGNORE_INDEX, collate_blocks
 from hf_wavepos.training import checkpoint as ckpt
 from hf_wavepos.training.batches import BatchPlan
-from hf_wavepos.training.config import TrainConfig
-from hf_wavepos.training.inputs import load_documents, load_run_tokenizer, prepare_batches
+from hf_wavepos.training.experiment_config import TrainConfig
+from hf_wavepos.training.run_inputs import load_documents, load_run_tokenizer, prepare_batches
 from hf_wavepos.training.lora import lora_config, merge_adapter, wrap_lora
 from hf_wavepos.training.modeling import check_model_inputs, instantiate_model, model_config, resolve_position
 from hf_wavepos.training.schedule import lr_lambda

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from hf_wavepos.training.config import LoraSection
+from hf_wavepos.training.experiment_config import LoraSection
 from hf_wavepos.training.modeling import base_architecture
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from hf_wavepos.config import WavePosConfig, resolve_config
-from hf_wavepos.training.config import ARCHITECTURES, KEEP_POSITIONS, ModelSection
+from hf_wavepos.training.experiment_config import ARCHITECTURES, KEEP_POSITIONS, ModelSection
 
 # Scratch shapes: (hidden, layers, heads); the feed-forward width follows the architecture's habit.
 SIZES: dict[str, tuple[int, int, int]] = {

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from hf_wavepos.training.config import TrainConfig, load_config
+from hf_wavepos.training.experiment_config import TrainConfig, load_config
 from hf_wavepos.training.loop import TrainResult, train
 
 RECIPES = {

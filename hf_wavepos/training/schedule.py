@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from hf_wavepos.training.config import ScheduleSection
+from hf_wavepos.training.experiment_config import ScheduleSection
 
 
 def lr_lambda(section: ScheduleSection, total_steps: int) -> Callable[[int], float]:

@@ -56,7 +56,7 @@ def _models(args):
 def _ppl(args) -> int:
     from hf_wavepos.eval.perplexity import perplexity_report
     from hf_wavepos.eval.report import write_perplexity
-    from hf_wavepos.eval.sources import load_texts
+    from hf_wavepos.eval.texts import load_texts
 
     texts = load_texts(args.data, text_column=args.text_column, config_name=args.dataset_config, split=args.split,
                        min_chars=args.min_chars, max_documents=args.max_docs)

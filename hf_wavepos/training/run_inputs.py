@@ -17,7 +17,7 @@ from hf_wavepos.data.packing import iter_packed_blocks, pack_dataset
 from hf_wavepos.data.sources import TextSplits, load_text_splits
 from hf_wavepos.data.tokenizers import load_tokenizer, parse_tokenizer_spec
 from hf_wavepos.training.batches import BatchPlan, PackedBatches, StreamingBatches
-from hf_wavepos.training.config import TrainConfig
+from hf_wavepos.training.experiment_config import TrainConfig
 
 TOKENIZER_DIR = "tokenizer"
 BPE_TRAINING_DOCUMENTS = 100_000

@@ -1,4 +1,4 @@
-"""Plots of the wavelet basis (matplotlib, imported lazily: it is an optional dependency)."""
+"""Plot of the wavelet basis p[r] (``wavepos basis --plot``; matplotlib through `hf_wavepos.eval.plots.pyplot`)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,7 @@ import torch
 
 from hf_wavepos.basis import wavelet_table
 from hf_wavepos.config import WavePosConfig
-
-
-def _pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "plotting needs matplotlib: pip install 'hf-wavepos[eval]' (or pip install matplotlib)."
-        ) from err
-    return plt
+from hf_wavepos.eval.plots import pyplot
 
 
 def plot_basis(config: WavePosConfig, head_dim: int, length: int, path: str | Path) -> Path:
@@ -35,7 +23,7 @@ def plot_basis(config: WavePosConfig, head_dim: int, length: int, path: str | Pa
     Returns:
         The path written.
     """
-    plt = _pyplot()
+    plt = pyplot()
     table = wavelet_table(config, head_dim, length, dtype=torch.float64).numpy()
     shifts = config.resolved_shifts(head_dim)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 8), constrained_layout=True)

@@ -11,7 +11,7 @@
 4. Print the table; write ``eval/perplexity.{json,csv,png}``, ``eval/extrapolation.json``,
    ``demo.json`` and a Hub-ready folder of the wavelet model (``hub/``, with its model card).
 
-It is `hf_wavepos.extrapolation.run_extrapolation` with the settings below; ``--quick`` runs the
+It is `hf_wavepos.experiments.extrapolation.run_extrapolation` with the settings below; ``--quick`` runs the
 same pipeline at toy sizes (the tests use it).
 """
 
@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from hf_wavepos.extrapolation import ExtrapolationConfig, run_extrapolation
+from hf_wavepos.experiments.extrapolation import ExtrapolationConfig, run_extrapolation
 
 # RoPE vs wavelet `long`; L_train 64; 2000 steps x 8 blocks (~2.5 min a model on 2 cores); perplexity
 # on 40 held-out files (as METHOD.md's calibration). Heads of size 16 (4 x 16 = 64 < hidden 128).

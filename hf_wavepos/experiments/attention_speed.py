@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from hf_wavepos import WavePosConfig, wavelet_table
 from hf_wavepos.attention import chunked_attention
 
-METHODS = ("sdpa", "dense_bias", "chunked")
+ATTENTION_PATHS = ("sdpa", "dense_bias", "chunked")
 
 
 def dense_bias_attention(q, k, v, table):
@@ -67,7 +67,7 @@ def make_step(method, args, preset):
 
 def peak_memory_mb(method, args, preset):
     """Peak RSS growth (MiB) of one forward + backward, in a fresh subprocess."""
-    cmd = [sys.executable, "-m", "hf_wavepos.benchmark", "--measure-memory", method, "--preset-one", preset,
+    cmd = [sys.executable, "-m", "hf_wavepos.experiments.attention_speed", "--measure-memory", method, "--preset-one", preset,
            "--length", str(args.length), "--heads", str(args.heads), "--head-dim", str(args.head_dim),
            "--threads", str(args.threads), "--chunk-size", str(args.chunk_size)]
     return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip())
@@ -122,7 +122,7 @@ def parse_args(argv=None):
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--presets", nargs="+", default=["oka2025", "long"])
     parser.add_argument("--out", default="bench/results/attention_cpu.json")
-    parser.add_argument("--measure-memory", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--measure-memory", choices=ATTENTION_PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--preset-one", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -131,8 +131,8 @@ def run_cpu_benchmark(args, argv=None, progress=None):
     """Time and measure every method for every preset; return the JSON-ready report."""
     results = {}
     for preset in args.presets:
-        steps = {m: make_step(m, args, preset) for m in METHODS}
-        times = {m: [] for m in METHODS}
+        steps = {m: make_step(m, args, preset) for m in ATTENTION_PATHS}
+        times = {m: [] for m in ATTENTION_PATHS}
         for step in steps.values():
             step()  # warm-up
         for _ in range(args.repeats):  # interleaved, so machine noise hits every method alike
@@ -141,9 +141,9 @@ def run_cpu_benchmark(args, argv=None, progress=None):
                 step()
                 times[method].append(time.perf_counter() - t0)
         median = {m: statistics.median(t) for m, t in times.items()}
-        memory = {m: peak_memory_mb(m, args, preset) for m in METHODS}
+        memory = {m: peak_memory_mb(m, args, preset) for m in ATTENTION_PATHS}
         results[preset] = {
-            "time_ratio_vs_sdpa": {m: median[m] / median["sdpa"] for m in METHODS},
+            "time_ratio_vs_sdpa": {m: median[m] / median["sdpa"] for m in ATTENTION_PATHS},
             "peak_rss_growth_mib": memory,
             "median_seconds_this_machine": median,
         }
@@ -151,7 +151,7 @@ def run_cpu_benchmark(args, argv=None, progress=None):
         if progress is not None:
             progress.update(1)
         print(f"{preset:>10}: chunked {r['chunked']:.2f}x SDPA, dense-bias {r['dense_bias']:.2f}x SDPA; "
-              f"peak RSS growth MiB: " + ", ".join(f"{m} {memory[m]:.0f}" for m in METHODS))
+              f"peak RSS growth MiB: " + ", ".join(f"{m} {memory[m]:.0f}" for m in ATTENTION_PATHS))
 
     report = {
         "benchmark": "wavelet attention forward+backward on CPU (ratios against SDPA in the same run)",

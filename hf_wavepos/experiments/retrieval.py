@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_wavepos.extrapolation import ExtrapolationConfig, prepare_corpus, run_record, train_config
+from hf_wavepos.experiments.extrapolation import ExtrapolationConfig, prepare_corpus, run_record, train_config
 
 
 @dataclass(frozen=True)

@@ -21,14 +21,13 @@ names the closest known key.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
 import yaml
+
+from hf_wavepos.training.yaml_dataclasses import apply_overrides, build_dataclass
 
 ARCHITECTURES = ("llama", "gpt_neox", "gpt2")
 MODEL_SIZES = ("tiny", "125m")
@@ -291,7 +290,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
         """Validate a nested dict (as read from YAML); unknown keys raise ValueError with a suggestion."""
-        return _build(cls, data, "")
+        return build_dataclass(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML/JSON serialisable), the inverse of `from_dict`."""
@@ -310,27 +309,6 @@ class TrainConfig:
                 name = f"{section}/{key}" if key else section
                 out[name] = value if isinstance(value, (bool, int, float, str)) else str(value)
         return out
-
-
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Return a copy of ``data`` with ``section.key=value`` overrides applied (values parsed as YAML)."""
-    merged = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value (e.g. train.max_steps=20).")
-        key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        parts = key.strip().split(".")
-        if len(parts) == 1:
-            merged[parts[0]] = value
-        elif len(parts) == 2:
-            section = merged.setdefault(parts[0], {})
-            if not isinstance(section, dict):
-                raise ValueError(f"override {item!r}: {parts[0]!r} is not a section.")
-            section[parts[1]] = value
-        else:
-            raise ValueError(f"override {item!r}: keys have at most two parts (section.key).")
-    return merged
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -353,91 +331,3 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         if not isinstance(data, Mapping):
             raise ValueError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}.")
     return TrainConfig.from_dict(apply_overrides(data, overrides))
-
-
-# ---------------------------------------------------------------------------- dict -> dataclass
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if isinstance(data, cls):
-        return data
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}.")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-        hint = f"did you mean '{prefix}{close[0]}'? " if close else ""
-        raise ValueError(f"unknown config key '{prefix}{key}'; {hint}known keys: {', '.join(prefix + f for f in fields)}.")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, name: str) -> Any:
-    """Check ``value`` against a field's type; numbers written as text (``3e-4``) become numbers."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, name)
-            except ValueError as err:
-                errors.append(str(err))
-        raise ValueError(errors[0] if errors else f"{name} has a bad value {value!r}.")
-    if hint is Any:
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{name} must be true or false, got {value!r}.")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ValueError(f"{name} must be an integer, got {value!r}.")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"{name} must be a number, got {value!r}.")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ValueError(f"{name} must be text, got {value!r}.")
-    if hint is list or origin is list:
-        if isinstance(value, (list, tuple)):
-            return [_coerce(v, float, name) if isinstance(v, str) and _numeric(v) else v for v in value]
-        raise ValueError(f"{name} must be a list, got {value!r}.")
-    if hint is dict or origin is dict:
-        if isinstance(value, Mapping):
-            return dict(value)
-        raise ValueError(f"{name} must be a mapping, got {value!r}.")
-    return value
-
-
-def _numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True

@@ -8,7 +8,8 @@ the embedded corpus (the Python standard library source) that are long enough fo
 window. Outputs: ``perplexity.{json,csv,png}`` (the evaluation run folder), ``extrapolation.json``
 (settings, device, versions, perplexities, ratios to the training length), and the trained models.
 
-Configs are YAML files of `ExtrapolationConfig` fields (``bench/configs/extrapolation_*.yaml``).
+Configs are YAML files of `ExtrapolationConfig` fields; the shipped ones are
+``hf_wavepos/experiments/configs/extrapolation_*.yaml`` (`hf_wavepos.experiments.bench_configs`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 
 # Method name -> the training loop's ``model.position`` value (RoPE is the stock model).
-METHODS: dict[str, Any] = {
+BENCH_METHODS: dict[str, Any] = {
     "nope": {"method": "nope"},
     "rope": "rope",
     "alibi": {"method": "alibi"},
@@ -67,11 +68,11 @@ class ExtrapolationConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
+        unknown = [m for m in self.methods if m not in BENCH_METHODS]
         if unknown:
-            raise ValueError(f"methods {unknown} are unknown; allowed values: {', '.join(METHODS)}.")
+            raise ValueError(f"methods {unknown} are unknown; allowed values: {', '.join(BENCH_METHODS)}.")
         if not self.methods:
-            raise ValueError("methods is empty; name at least one of: " + ", ".join(METHODS) + ".")
+            raise ValueError("methods is empty; name at least one of: " + ", ".join(BENCH_METHODS) + ".")
         for name in ("block_size", "steps", "global_batch_size", "vocab_size", "eval_documents", "heldout_documents"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
@@ -82,10 +83,16 @@ class ExtrapolationConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "ExtrapolationConfig":
-        """Read a YAML file of fields (unknown keys raise ValueError listing the known ones)."""
+        """Read a YAML file of fields, or a shipped config by name (`bench_config_path`).
+
+        Unknown keys raise ValueError listing the known ones.
+        """
         import yaml
 
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        from hf_wavepos.experiments.bench_configs import bench_config_path
+
+        path = bench_config_path(path)
+        data = yaml.safe_load(path.read_text()) or {}
         data.update(overrides)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -115,7 +122,7 @@ def train_config(config: ExtrapolationConfig, method: str, tokenizer_dir: Path, 
     per_device = config.per_device_batch_size or config.global_batch_size
     overrides = [
         "model.architecture=llama", "model.size=tiny", f"model.tokenizer={tokenizer_dir}",
-        f"model.config_overrides={json.dumps(model_overrides)}", f"model.position={json.dumps(METHODS[method])}",
+        f"model.config_overrides={json.dumps(model_overrides)}", f"model.position={json.dumps(BENCH_METHODS[method])}",
         f"data.dataset={blocks or 'stdlib'}", f"data.validation_size={config.heldout_documents}",
         f"data.max_documents={json.dumps(None if blocks else config.train_documents)}",
         f"data.block_size={config.block_size}",
@@ -161,7 +168,7 @@ def device_name() -> str:
     """The device the benchmark ran on, in words."""
     if torch.cuda.is_available():
         return f"GPU: {torch.cuda.get_device_name(0)}"
-    from hf_wavepos.benchmark import cpu_name
+    from hf_wavepos.experiments.attention_speed import cpu_name
 
     return f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
 
@@ -204,7 +211,7 @@ def run_record(config: ExtrapolationConfig) -> dict[str, Any]:
     """What every benchmark JSON starts with: settings, lengths, device and package versions."""
     import transformers
 
-    from hf_wavepos import __version__
+    from hf_wavepos.version import __version__
 
     return {
         "settings": asdict(config), "lengths": config.lengths, "device": device_name(),

@@ -1,0 +1,38 @@
+"""The benchmark settings shipped with the package (``hf_wavepos/experiments/configs/*.yaml``).
+
+``wavepos bench extrapolation|retrieval --config`` takes a shipped name (``extrapolation_cpu``,
+``retrieval_gpu``, ...) or the path of a YAML file of your own; a pip-installed package finds
+its shipped files without a clone of the repository.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def bench_config_names() -> list[str]:
+    """Names of the shipped benchmark configs (file stems), sorted."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def bench_config_path(name_or_path: str | Path) -> Path:
+    """The YAML file meant by ``name_or_path``: an existing file, else a shipped config's name.
+
+    Args:
+        name_or_path: a path to a YAML file, or a shipped name with or without ``.yaml``.
+
+    Raises:
+        FileNotFoundError: neither a file nor a shipped name; the message lists the shipped names.
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / (path.name if path.suffix == ".yaml" else f"{path.name}.yaml")
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(
+        f"benchmark config {str(name_or_path)!r} is neither a file nor a shipped config; shipped configs: "
+        f"{', '.join(bench_config_names())} (or give the path of a YAML file)."
+    )
