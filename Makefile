@@ -1,4 +1,5 @@
-# `make test`: create .venv, install the package with its test extras, run the suite.
+# `make test`: create .venv, install the package with its test extras, run the whole suite.
+# `make test-fast`: the same without the tests marked slow (end-to-end runs and subprocess launches).
 # `make demo`: create .venv, install, run the main job on the embedded default data.
 # Set TORCH_SPEC to choose the torch build installed first (default: the CPU build 2.13.0, which
 # this project's CI machines hold on local disk; any torch>=2.4 works, e.g. TORCH_SPEC=torch).
@@ -7,7 +8,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 
-.PHONY: test demo bench-cpu bench-gpu gpu-wheels clean
+.PHONY: test test-fast demo bench-cpu bench-gpu gpu-wheels clean
 
 # One stamp per extra: `make demo` installs only what the demo needs (faster on a fresh machine).
 $(VENV)/.installed-%: pyproject.toml
@@ -19,6 +20,9 @@ $(VENV)/.installed-%: pyproject.toml
 
 test: $(VENV)/.installed-dev
 	$(PY) -m pytest -q tests
+
+test-fast: $(VENV)/.installed-dev
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: $(VENV)/.installed-demo
 	$(VENV)/bin/wavepos demo

@@ -1,4 +1,4 @@
-"""Shared helpers for the eval tests: a tiny BPE tokenizer trained here and tiny random causal LMs.
+"""Shared helpers for the tests: a tiny BPE tokenizer trained here and tiny random causal LMs.
 
 Nothing comes from the Hub: the tokenizer is trained on a few standard-library files and the
 Debian FAQ chapters shipped with the package; the models are built from configs.
@@ -8,7 +8,6 @@ import os
 import sysconfig
 from pathlib import Path
 
-import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,21 +51,3 @@ def tiny_gpt2(vocab_size: int, seed: int = 1, max_positions: int = 2048):
     config = GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=max_positions,
                         eos_token_id=0, bos_token_id=0, pad_token_id=0)
     return GPT2LMHeadModel(config).eval()
-
-
-@pytest.fixture(scope="session")
-def tokenizer():
-    return train_tokenizer()
-
-
-@pytest.fixture(scope="session")
-def llama(tokenizer):
-    return tiny_llama(len(tokenizer))
-
-
-def test_fixture_tokenizer_round_trips_and_compresses(tokenizer):
-    text = (STDLIB / "textwrap.py").read_text()[:2000]
-    ids = tokenizer(text)["input_ids"]
-    assert tokenizer.decode(ids) == text
-    assert len(ids) < len(text) / 2  # BPE merges: fewer tokens than bytes
-    assert tokenizer.eos_token_id == 0 and len(tokenizer) == 1000

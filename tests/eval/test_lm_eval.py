@@ -9,12 +9,12 @@ import textwrap
 
 import pytest
 import torch
-from test_eval_fixtures import tiny_llama, tokenizer  # noqa: F401  (fixtures)
 
 pytest.importorskip("lm_eval")
 
 from hf_wavepos import apply_wavepos  # noqa: E402
 from hf_wavepos.eval.datasets_offline import debian_faq_qa_records  # noqa: E402
+from tests.tiny_lm import tiny_llama  # noqa: E402
 
 TASK_YAML = """\
 task: wavepos_local_faq
@@ -64,6 +64,7 @@ def choice_loglik(model, tokenizer, context, continuation):
     return sum(logprobs[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
 
 
+@pytest.mark.slow
 def test_lm_eval_runs_a_local_task_on_a_saved_wavepos_model(tokenizer, tmp_path):
     records = debian_faq_qa_records()[:6]
     docs = []

@@ -21,12 +21,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "recipes" / "configs" / "tiny_cpu.yaml"
 TINY_LORA = ROOT / "recipes" / "configs" / "tiny_lora_cpu.yaml"
 PYTHON = sys.executable
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 COMMON = ["log.trackers=[]", "eval.every_steps=null"]
+
+pytestmark = pytest.mark.slow  # subprocess launches of whole training runs
 
 
 def _env() -> dict[str, str]:

@@ -64,6 +64,7 @@ def test_folder_is_safetensors_only_and_complete(published):
         "modeling_wavepos_llama.")
 
 
+@pytest.mark.slow
 def test_assembled_folder_loads_without_the_plugin(published, tmp_path):
     _, out, _, wavelet = published
     script = textwrap.dedent('''

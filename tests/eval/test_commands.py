@@ -4,10 +4,10 @@ import argparse
 import json
 
 import pytest
-from test_eval_fixtures import STDLIB, tiny_llama, tokenizer  # noqa: F401  (fixtures)
 
 from hf_wavepos import apply_wavepos
 from hf_wavepos.eval.commands import add_eval_commands
+from tests.tiny_lm import STDLIB, tiny_llama
 
 
 def run(argv):

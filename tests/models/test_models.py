@@ -224,6 +224,7 @@ REMOTE_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_remote_code_loads_without_the_plugin(arch, tmp_path):
     model = wavepos_model(arch, preset="long")

@@ -4,7 +4,6 @@ import json
 import random
 
 import pytest
-from test_eval_fixtures import llama, tokenizer  # noqa: F401  (fixtures)
 
 from hf_wavepos.eval.haystack import CLASSIC_FILLER, Haystack, haystack_sentences, split_sentences
 from hf_wavepos.eval.needle import NEEDLE, needle_layout, run_needle, score_needle

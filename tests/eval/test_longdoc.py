@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-from test_eval_fixtures import llama, tokenizer  # noqa: F401  (fixtures)
 
 from hf_wavepos.eval.datasets_offline import (
     DEBIAN_FAQ_JSONL, DEBIAN_FAQ_TXT, build_debian_faq_chapters, debian_faq_qa_records, stdlib_summarization_records,

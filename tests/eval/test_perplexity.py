@@ -7,10 +7,10 @@ import socket
 import pytest
 import torch
 import torch.nn.functional as F
-from test_eval_fixtures import STDLIB, tiny_gpt2, tokenizer, llama  # noqa: F401  (fixtures)
 
 from hf_wavepos.eval.perplexity import perplexity_by_length, perplexity_report, perplexity_windows
 from hf_wavepos.eval.report import write_perplexity
+from tests.tiny_lm import STDLIB, tiny_gpt2
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +173,7 @@ def test_metric_module_loads_offline_and_matches(llama, tokenizer, docs, monkeyp
 
 def test_wavepos_model_full_and_sliding_equal_hand_computation(tokenizer, docs):
     from hf_wavepos import apply_wavepos
-    from test_eval_fixtures import tiny_llama
-
+    from tests.tiny_lm import tiny_llama
     model = apply_wavepos(tiny_llama(len(tokenizer), seed=2), "long")
     assert model.config.model_type == "wavepos_llama"
     long_docs = docs[2:]  # 100 and 130 tokens

@@ -13,12 +13,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from test_eval_fixtures import tiny_llama, tokenizer  # noqa: E402,F401  (fixture)
-
 from hf_wavepos.data.blocks import is_packed_folder, load_packed_blocks, save_packed_blocks  # noqa: E402
 from hf_wavepos.eval.code_passkey import ANSWER, NEEDLE, QUESTION, passkey_correct, passkey_rows  # noqa: E402
+from tests.tiny_lm import tiny_llama  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------- pre-packed blocks
@@ -162,6 +161,7 @@ def test_retrieval_configs_validate(tmp_path):
         RetrievalConfig(samples_per_length=0)
 
 
+@pytest.mark.slow
 def test_bench_retrieval_quick(tmp_path, capsys):
     from hf_wavepos.cli import main
 
