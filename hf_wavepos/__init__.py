@@ -6,7 +6,8 @@ Importing the package registers the model types ``wavepos_llama``, ``wavepos_gpt
 
 from hf_wavepos.version import __version__
 from hf_wavepos.attention import available_backends, use_backend, wavepos_attention  # noqa: E402
-from hf_wavepos.basis import register_wavelet, registered_wavelets, wavelet_support, wavelet_table  # noqa: E402
+from hf_wavepos.basis import wavelet_support, wavelet_table  # noqa: E402
+from hf_wavepos.wavelets import register_wavelet, registered_wavelets  # noqa: E402
 from hf_wavepos.config import PRESETS, WavePosConfig  # noqa: E402
 from hf_wavepos.models import (  # noqa: E402
     WavePosGPT2Config,

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 from hf_wavepos.version import __version__
-from hf_wavepos.basis import get_wavelet, registered_wavelets, wavelet_support
+from hf_wavepos.basis import wavelet_support
+from hf_wavepos.wavelets import get_wavelet, registered_wavelets
 from hf_wavepos.config import PRESETS, WavePosConfig
 
 

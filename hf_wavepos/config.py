@@ -20,17 +20,12 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from hf_wavepos.wavelets import registered_wavelets
+
 FORMAT_VERSION = 1
 
 SIGN_CONVENTIONS = ("m-n", "n-m")
 POSITION_METHODS = ("wavelet", "alibi", "nope")
-
-
-def _known_wavelets() -> tuple[str, ...]:
-    # Imported lazily: basis imports this module for the type.
-    from hf_wavepos.basis import registered_wavelets
-
-    return registered_wavelets()
 
 
 @dataclass(frozen=True)
@@ -51,7 +46,7 @@ class WavePosConfig:
     )
     wavelet: str = field(
         default="ricker",
-        metadata={"help": "Mother wavelet psi, a name in hf_wavepos.basis.registered_wavelets()."},
+        metadata={"help": "Mother wavelet psi, a name in hf_wavepos.wavelets.registered_wavelets()."},
     )
     num_scales: int = field(
         default=8,
@@ -103,11 +98,11 @@ class WavePosConfig:
             raise ValueError(
                 f"method={self.method!r} is not allowed; allowed values: {', '.join(POSITION_METHODS)}{hint}."
             )
-        wavelets = _known_wavelets()
+        wavelets = registered_wavelets()
         if self.wavelet not in wavelets:
             raise ValueError(
                 f"wavelet={self.wavelet!r} is not registered; allowed values: {', '.join(wavelets)} "
-                "(or register one with hf_wavepos.basis.register_wavelet)."
+                "(or register one with hf_wavepos.register_wavelet)."
             )
         if not _is_int(self.num_scales) or self.num_scales <= 0:
             raise ValueError(f"num_scales must be a positive integer, got {self.num_scales!r}.")

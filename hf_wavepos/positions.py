@@ -10,6 +10,9 @@ Every method is turned into the two optional inputs of `hf_wavepos.wavepos_atten
 so every attention backend serves every method, and comparisons differ in nothing else. (RoPE
 is the stock model: comparisons use the unconverted model.) An all-zero table costs next to
 nothing: backends skip rows whose entries are all below the 1e-6 cut-off.
+
+`document_ids_from_positions` is the one rule that turns ``position_ids`` of packed sequences
+into document ids (used by the models' attention and by the data pipeline).
 """
 
 from __future__ import annotations
@@ -88,3 +91,37 @@ def positional_inputs(
     if config.method == "alibi":
         return table, _slopes(num_heads, device)
     return table, None
+
+
+def document_starts(position_ids: torch.Tensor) -> torch.Tensor:
+    """Where a new document starts inside a row of packed sequences.
+
+    Rule: a document starts wherever the position does not step by exactly 1 from the previous
+    token (a restart at 0, or any jump). The first token of a row starts the row's first
+    document and is not marked. The same rule as transformers' packed-sequence detection.
+
+    Args:
+        position_ids: (B, L) integer positions.
+
+    Returns:
+        (B, L) bool, True at every token that starts a document after the first one of its row.
+    """
+    if position_ids.dim() != 2:
+        raise ValueError(f"position_ids must be (batch, length), got shape {tuple(position_ids.shape)}.")
+    step = torch.diff(position_ids, dim=-1)
+    starts = torch.zeros(position_ids.shape, dtype=torch.bool, device=position_ids.device)
+    starts[:, 1:] = step != 1
+    return starts
+
+
+def document_ids_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
+    """Document index of every token of packed sequences: 0 for a row's first document, +1 at
+    each start found by `document_starts`. Attention is restricted to tokens of the same id.
+
+    Args:
+        position_ids: (B, L) integer positions (restarting at 0 per document when packed).
+
+    Returns:
+        (B, L) int64 document ids; all zero when every row holds one document. O(L), no L x L mask.
+    """
+    return document_starts(position_ids).long().cumsum(-1)

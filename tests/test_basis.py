@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from hf_wavepos import WavePosConfig, register_wavelet, wavelet_support, wavelet_table
-from hf_wavepos.basis import CUTOFF, get_wavelet, log_n_scale, registered_wavelets
+from hf_wavepos.basis import log_n_scale
+from hf_wavepos.wavelets import CUTOFF, get_wavelet, registered_wavelets
 
 CLOSED_FORMS = {
     "ricker": lambda t: (1 - t * t) * math.exp(-t * t / 2),

@@ -50,12 +50,18 @@ def register_backend(
     supports: Callable[[torch.device], bool],
     priority: int = 0,
     accepts: tuple[str, ...] = (),
+    overwrite: bool = False,
 ) -> None:
     """Register an attention backend; the supported one with the highest priority is the default.
 
     ``accepts`` lists which optional arguments (``attn_mask``, ``alibi_slopes``) ``fn`` takes;
     calls using others are refused with an error naming the backends that can serve them.
+
+    Raises:
+        ValueError: ``name`` is already registered and ``overwrite`` is False.
     """
+    if name in _BACKENDS and not overwrite:
+        raise ValueError(f"attention backend {name!r} is already registered; pass overwrite=True to replace it.")
     _BACKENDS[name] = Backend(name, fn, supports, priority, frozenset(accepts))
 
 

@@ -11,7 +11,6 @@ from hf_wavepos.data.packing import (
     BlockPacker,
     block_positions,
     collate_blocks,
-    document_ids_from_positions,
     iter_packed_blocks,
     labels_from_positions,
     pack_dataset,
@@ -19,6 +18,7 @@ from hf_wavepos.data.packing import (
 )
 from hf_wavepos.data.sources import TextSplits, infer_file_builder, load_text_splits
 from hf_wavepos.data.tokenizers import byte_tokenizer, load_tokenizer, parse_tokenizer_spec, train_bpe_tokenizer
+from hf_wavepos.positions import document_ids_from_positions  # the one rule, shared with the models
 
 __all__ = [
     "IGNORE_INDEX",

@@ -9,7 +9,7 @@ positions follow, with no extra storage:
 - ``labels``: the input ids with -100 wherever ``position_ids == 0``, so no token is trained to
   predict across a document boundary (models shift labels by one internally);
 - ``document_ids``: 0, 1, 2, ... per segment of a block, so attention can be restricted to one
-  document (the wavepos models derive the same mask from the position restarts).
+  document (`hf_wavepos.positions.document_ids_from_positions`, the rule the wavepos models use).
 
 Example with block_size 8 and documents [a a a] [b b b b b b b] (``|`` marks a block boundary)::
 
@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+
 
 IGNORE_INDEX = -100
 """Label value that `torch.nn.functional.cross_entropy` and transformers' losses skip."""
@@ -207,18 +208,6 @@ def labels_from_positions(input_ids: torch.Tensor, position_ids: torch.Tensor) -
         (B, L) labels (unshifted, as transformers' causal-LM losses expect).
     """
     return input_ids.masked_fill(position_ids == 0, IGNORE_INDEX)
-
-
-def document_ids_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
-    """Segment index of every token: 0 for the block's first segment, +1 at each restart.
-
-    Args:
-        position_ids: (B, L) positions restarting at 0 per document.
-
-    Returns:
-        (B, L) int64 document ids; tokens attend only to tokens with the same id.
-    """
-    return ((position_ids == 0).long().cumsum(-1) - 1).clamp_min(0)
 
 
 def collate_blocks(rows: Sequence[dict[str, Any]] | dict[str, Any]) -> dict[str, torch.Tensor]:

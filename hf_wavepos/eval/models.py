@@ -56,7 +56,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import hf_wavepos  # noqa: F401  (registers the wavepos model types with the Auto classes)
+    import hf_wavepos.models.registry  # noqa: F401  (registers the wavepos model types with the Auto classes)
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")

@@ -29,8 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hf_wavepos import WavePosConfig, wavelet_table
 from hf_wavepos.attention import chunked_attention
+from hf_wavepos.basis import wavelet_table
+from hf_wavepos.config import WavePosConfig
 
 ATTENTION_PATHS = ("sdpa", "dense_bias", "chunked")
 

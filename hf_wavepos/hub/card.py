@@ -153,9 +153,8 @@ def render_card(
 
     wp = WavePosConfig.from_dict(config["wavepos"])
     arch = architecture_of(config["model_type"])
-    num_heads = config.get("num_attention_heads", config.get("n_head"))
-    hidden = config.get("hidden_size", config.get("n_embd"))
-    head_dim = config.get("head_dim") or hidden // num_heads
+    model_config = arch.config_class.from_dict(config)  # attribute_map: num_attention_heads is GPT-2's n_head
+    num_heads, head_dim = model_config.num_attention_heads, arch.head_dim(model_config)
     context: dict[str, Any] = {"perplexity_rows": [], "retrieval_rows": [], "longdoc_rows": [], "eval_results": []}
     if eval_run is not None:
         run = read_eval_run(eval_run)
@@ -188,7 +187,7 @@ def render_card(
         shown.update(log_n_scaling=True, train_length=wp.train_length)
     method_rows = [(f"`{k}`", v) for k, v in shown.items()]
     method_rows.append(("architecture", f"`{config['model_type']}` ({arch.causal_lm_class.__name__}), "
-                        f"{config.get('num_hidden_layers', config.get('n_layer'))} layers, {num_heads} heads of size {head_dim}"))
+                        f"{model_config.num_hidden_layers} layers, {num_heads} heads of size {head_dim}"))
     lengths = context.get("retrieval_lengths", [])
     environment = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     template = environment.from_string(TEMPLATE.read_text())

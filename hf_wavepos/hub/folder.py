@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from hf_wavepos.hub.card import read_eval_run, render_card
+from hf_wavepos.models.registry import is_wavepos_model_type
 
 FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".joblib")
 EVAL_SUFFIXES = (".json", ".csv", ".png", ".jsonl")
@@ -120,7 +121,7 @@ def assemble_folder(
         if not list(source.glob("*.safetensors")):
             raise ValueError(f"{source} has no .safetensors weights; only safetensors checkpoints are published.")
         model = AutoModelForCausalLM.from_pretrained(source)
-    if not str(getattr(model.config, "model_type", "")).startswith("wavepos_"):
+    if not is_wavepos_model_type(str(getattr(model.config, "model_type", ""))):
         raise ValueError(f"{type(model).__name__} is not a wavepos model; convert it with hf_wavepos.apply_wavepos.")
     if tokenizer is None:
         if source is None:

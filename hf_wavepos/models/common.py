@@ -1,23 +1,32 @@
-"""What every wavepos architecture shares: the attention step, backend choice, masks, save hook.
+"""What every wavepos architecture shares: config handling, the attention step, model classes.
 
-An architecture file subclasses the stock attention module and overrides only ``forward``: it
-projects q, k, v exactly as the stock module does, skips the rotary embedding, reads the cache
-offset *before* updating the cache, and hands the rest to `WavePosAttentionMixin.wavepos_attend`.
-Parameter names are unchanged, so checkpoints, PEFT targets and tensor-parallel plans stay valid.
+An architecture file (`hf_wavepos.models.llama`, ...) subclasses the stock classes with the
+mixins below and writes only what differs:
+
+- the config class: `WavePosConfigMixin` + the stock config, ``model_type`` and the head-size rule;
+- the attention class: `WavePosAttentionMixin` + the stock attention, with ``forward`` (the stock
+  signature), ``project_qkv`` (the stock projections, no rotary embedding) and ``project_output``;
+  Llama-style modules (q/k/v/o_proj) take all three from `SeparateProjectionsAttention`;
+- the model classes: `WavePosPreTrainedMixin` + the stock model classes, linked to the
+  stock -> wavepos ``CLASS_MAP`` by `link_classes`.
+
+`WavePosAttentionMixin.wavepos_forward` reads the cache offset *before* updating the cache and
+hands the rest to `WavePosAttentionMixin.wavepos_attend`. Parameter names are unchanged, so
+checkpoints, PEFT targets and tensor-parallel plans stay valid. This file is also part of the
+self-contained remote code (`hf_wavepos.models.remote`): it imports nothing above the models layer.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
 from typing import Any
 
 import torch
 
 from hf_wavepos.attention.dispatch import available_backends, default_backend, wavepos_attention
 from hf_wavepos.basis import log_n_scale
-from hf_wavepos.config import WavePosConfig
-from hf_wavepos.positions import positional_inputs
+from hf_wavepos.config import WavePosConfig, resolve_config
+from hf_wavepos.positions import document_ids_from_positions, positional_inputs
 
 UNSUPPORTED_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "flash_attention_4", "paged|flash_attention_2")
 
@@ -98,19 +107,6 @@ def visibility_from_hf_mask(attention_mask: Any, q_len: int, k_len: int) -> torc
     return mask
 
 
-def documents_from_positions(position_ids: torch.Tensor) -> torch.Tensor | None:
-    """Document ids (B, L) of packed sequences: a new document starts where positions do not step by 1.
-
-    Returns None when every row holds one document (the common case: no mask needed). Same rule
-    as transformers' packed-sequence detection, but kept compact: O(L), not an L x L mask.
-    """
-    step = torch.diff(position_ids, prepend=position_ids[:, :1] - 1, dim=-1)
-    documents = (step != 1).cumsum(-1)
-    if not bool((documents[:, -1] != 0).any()):
-        return None
-    return documents
-
-
 def cache_offset(cache: Any, layer_idx: int) -> int:
     """Number of tokens already cached for this layer: the position of the first new query.
 
@@ -124,8 +120,50 @@ def cache_offset(cache: Any, layer_idx: int) -> int:
     return int(length.item()) if isinstance(length, torch.Tensor) else int(length)
 
 
+class WavePosConfigMixin:
+    """The ``wavepos`` section of every wavepos config class (put it first in the bases).
+
+    The subclass declares ``model_type``, the field ``wavepos: dict | None = None`` and
+    ``wavepos_head_dim(self)``, its architecture's head size rule. The section defaults to the
+    preset ``oka2025`` and is validated against that head size.
+    """
+
+    def __post_init__(self, **kwargs):
+        self.wavepos = resolve_config(self.wavepos if self.wavepos is not None else "oka2025").to_dict()
+        super().__post_init__(**kwargs)
+        resolve_config(self.wavepos).check_head_dim(self.wavepos_head_dim())
+
+
 class WavePosAttentionMixin:
-    """Adds `wavepos_attend` to a stock attention module (which provides ``self.config``)."""
+    """Adds `wavepos_forward` / `wavepos_attend` to a stock attention module (which provides
+    ``self.config``, ``self.layer_idx`` and ``self.scaling``).
+
+    The subclass provides ``project_qkv(hidden_states) -> (query, key, value)`` and
+    ``project_output(out) -> hidden``, and may override `attention_dropout_p`.
+    """
+
+    def attention_dropout_p(self) -> float:
+        """The stock module's attention dropout probability (``self.attention_dropout``)."""
+        return float(self.attention_dropout)
+
+    def wavepos_forward(self, hidden_states: torch.Tensor, attention_mask: Any, cache: Any,
+                        position_ids: torch.Tensor | None) -> torch.Tensor:
+        """The attention step of a wavepos module: (B, L, hidden) -> (B, L, hidden).
+
+        Projects q, k, v as the stock module does but without rotary embedding, reads the cache
+        offset before the cache update (`cache_offset`), attends with `wavepos_attend` and
+        applies the output projection.
+        """
+        query, key, value = self.project_qkv(hidden_states)  # (B, H, L, D), (B, Hkv, L, D) x 2
+        q_offset = cache_offset(cache, self.layer_idx)
+        if cache is not None:
+            self_attention = getattr(cache, "self_attention_cache", cache)  # EncoderDecoderCache (GPT-2)
+            key, value = self_attention.update(key, value, self.layer_idx)
+        out = self.wavepos_attend(
+            query, key, value, attention_mask, q_offset=q_offset, position_ids=position_ids,
+            scaling=self.scaling, dropout=self.attention_dropout_p(),
+        )  # (B, L, H, D)
+        return self.project_output(out.reshape(*hidden_states.shape[:-1], -1).contiguous())
 
     def wavepos_attend(
         self,
@@ -170,7 +208,9 @@ class WavePosAttentionMixin:
         attn_mask = visibility_from_hf_mask(attention_mask, Lq, key.shape[2])
         document_ids = None
         if position_ids is not None and q_offset == 0 and Lq == key.shape[2] > 1:
-            document_ids = documents_from_positions(position_ids.expand(B, Lq))  # packed sequences
+            document_ids = document_ids_from_positions(position_ids.expand(B, Lq))  # packed sequences
+            if not bool((document_ids[:, -1] != 0).any()):
+                document_ids = None  # one document per row (the common case): no mask needed
         backend = backend_for(getattr(self.config, "_attn_implementation", None), query.device)
         out = wavepos_attention(
             query, key, value, table, scaling=scaling, q_offset=q_offset, document_ids=document_ids,
@@ -179,8 +219,41 @@ class WavePosAttentionMixin:
         return out.transpose(1, 2)
 
 
+class SeparateProjectionsAttention(WavePosAttentionMixin):
+    """Wavepos attention for Llama-style modules: ``q_proj``, ``k_proj``, ``v_proj`` and ``o_proj``
+    with heads of ``self.head_dim`` (Llama, and the many architectures built like it)."""
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None,
+                past_key_values=None, **kwargs):
+        cache = cache if cache is not None else past_key_values
+        return self.wavepos_forward(hidden_states, attention_mask, cache, kwargs.get("position_ids")), None
+
+    def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L, hidden) -> query (B, H, L, D), key and value (B, Hkv, L, D)."""
+        shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        return tuple(proj(hidden_states).view(shape).transpose(1, 2) for proj in (self.q_proj, self.k_proj, self.v_proj))
+
+    def project_output(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, L, H * D) -> (B, L, hidden)."""
+        return self.o_proj(out)
+
+
 class WavePosPreTrainedMixin:
-    """Model-level behaviour shared by every wavepos model class (put it first in the bases)."""
+    """Model-level behaviour shared by every wavepos model class (put it first in the bases).
+
+    Construction swaps the stock submodules for their wavepos classes (``wavepos_class_map``,
+    set by `link_classes`) and then runs ``wavepos_on_init`` if the architecture has one.
+    """
+
+    wavepos_class_map: dict[type, type] = {}
+    wavepos_on_init: Any = None
+    wavepos_architecture: Any = None  # installed by hf_wavepos.models.registry; None in remote code
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        swap_classes(self, self.wavepos_class_map)
+        if type(self).wavepos_on_init is not None:
+            type(self).wavepos_on_init(self)
 
     def _check_and_adjust_attn_implementation(self, attn_implementation, *args, **kwargs):
         if isinstance(attn_implementation, str) and (
@@ -210,15 +283,24 @@ def swap_classes(model: torch.nn.Module, class_map: dict[type, type]) -> None:
             module.__class__ = new
 
 
+def link_classes(class_map: dict[type, type], on_init: Any = None) -> dict[type, type]:
+    """Give the wavepos model classes of ``class_map`` (stock -> wavepos) the map itself and the
+    architecture's ``on_init(model)`` hook; returns ``class_map`` (an architecture's ``CLASS_MAP``)."""
+    for cls in class_map.values():
+        if issubclass(cls, WavePosPreTrainedMixin):
+            cls.wavepos_class_map = class_map
+            cls.wavepos_on_init = on_init
+    return class_map
+
+
 def _save_pretrained_with_remote_code(model, save_directory, super_save, args, kwargs):
-    try:  # The package: write the bundled remote code and point auto_map at it.
-        registry = importlib.import_module("hf_wavepos.models.registry")
-        remote = importlib.import_module("hf_wavepos.models.remote")
-    except ImportError:  # This file is itself the remote code: transformers copies it on save.
+    # The registry installs the record on the package's classes (`link_classes` leaves a slot);
+    # classes of the remote code itself have none: transformers copies that file on save.
+    arch = getattr(type(model), "wavepos_architecture", None)
+    if arch is None:
         return super_save(save_directory, *args, **kwargs)
-    arch = registry.architecture_of(model.config.model_type)
     model.config.auto_map = arch.auto_map()
     result = super_save(save_directory, *args, **kwargs)
     if kwargs.get("is_main_process", True):
-        remote.write_remote_code(save_directory, arch.source_file, arch.model_type)
+        arch.write_remote_code(save_directory)
     return result

@@ -8,26 +8,31 @@ the original ``wpe`` aside, outside the state dict, so that `revert_wavepos` res
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import GPT2Config
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2LMHeadModel, GPT2Model
 
-from hf_wavepos.config import resolve_config
-from hf_wavepos.models.common import WavePosAttentionMixin, WavePosPreTrainedMixin, cache_offset, swap_classes
+from hf_wavepos.models.common import WavePosAttentionMixin, WavePosConfigMixin, WavePosPreTrainedMixin, link_classes
 
 _SAVED_WPE = "_wavepos_saved_wpe"
 
 
-class WavePosGPT2Config(GPT2Config):
+def gpt2_head_dim(config: Any) -> int:
+    """Per-head size of a GPT-2 config: n_embd // n_head."""
+    return config.n_embd // config.n_head
+
+
+class WavePosGPT2Config(WavePosConfigMixin, GPT2Config):
     """`GPT2Config` plus ``wavepos``: the `WavePosConfig` dict (default preset ``oka2025``)."""
 
     model_type = "wavepos_gpt2"
     wavepos: dict | None = None
+    wavepos_head_dim = gpt2_head_dim
 
     def __post_init__(self, **kwargs):
-        self.wavepos = resolve_config(self.wavepos if self.wavepos is not None else "oka2025").to_dict()
         super().__post_init__(**kwargs)
-        resolve_config(self.wavepos).check_head_dim(self.n_embd // self.n_head)
         if self.add_cross_attention:
             raise ValueError("add_cross_attention=True is not supported by wavepos_gpt2 (decoder-only models).")
 
@@ -47,19 +52,19 @@ class WavePosGPT2Attention(WavePosAttentionMixin, GPT2Attention):
         cache = cache if cache is not None else past_key_values
         if kwargs.get("encoder_hidden_states") is not None:
             raise ValueError("wavepos_gpt2 has no cross-attention.")
-        query, key, value = self.c_attn(hidden_states).split(self.split_size, dim=2)
+        return self.wavepos_forward(hidden_states, attention_mask, cache, kwargs.get("position_ids")), None
+
+    def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L, hidden) -> query, key, value, each (B, H, L, D): splits of the fused ``c_attn``."""
         shape = (*hidden_states.shape[:-1], -1, self.head_dim)
-        query, key, value = (t.view(shape).transpose(1, 2) for t in (query, key, value))  # (B, H, L, D)
-        q_offset = cache_offset(cache, self.layer_idx)
-        if cache is not None:
-            self_cache = getattr(cache, "self_attention_cache", cache)
-            key, value = self_cache.update(key, value, self.layer_idx)
-        out = self.wavepos_attend(
-            query, key, value, attention_mask, q_offset=q_offset, position_ids=kwargs.get("position_ids"),
-            scaling=self.scaling, dropout=self.attn_dropout.p,
-        )
-        out = self.c_proj(out.reshape(*out.shape[:-2], -1).contiguous())
-        return self.resid_dropout(out), None
+        return tuple(t.view(shape).transpose(1, 2) for t in self.c_attn(hidden_states).split(self.split_size, dim=2))
+
+    def project_output(self, out: torch.Tensor) -> torch.Tensor:
+        """(B, L, H * D) -> (B, L, hidden): ``c_proj`` and the residual dropout."""
+        return self.resid_dropout(self.c_proj(out))
+
+    def attention_dropout_p(self) -> float:
+        return float(self.attn_dropout.p)
 
 
 def drop_learned_positions(model: torch.nn.Module) -> None:
@@ -81,25 +86,16 @@ class WavePosGPT2Model(WavePosPreTrainedMixin, GPT2Model):
     config_class = WavePosGPT2Config
     _keys_to_ignore_on_load_unexpected = [r"wpe\.weight"]
 
-    def __init__(self, config: WavePosGPT2Config):
-        super().__init__(config)
-        swap_classes(self, CLASS_MAP)
-        drop_learned_positions(self)
-
 
 class WavePosGPT2LMHeadModel(WavePosPreTrainedMixin, GPT2LMHeadModel):
     config_class = WavePosGPT2Config
     _keys_to_ignore_on_load_unexpected = [r"wpe\.weight"]
 
-    def __init__(self, config: WavePosGPT2Config):
-        super().__init__(config)
-        swap_classes(self, CLASS_MAP)
-        drop_learned_positions(self)
 
-
-# Stock class -> wavepos class, applied in place (conversion and construction).
-CLASS_MAP: dict[type, type] = {
+# Stock class -> wavepos class, applied in place (conversion and construction); construction
+# also sets the learned positions aside.
+CLASS_MAP: dict[type, type] = link_classes({
     GPT2Attention: WavePosGPT2Attention,
     GPT2Model: WavePosGPT2Model,
     GPT2LMHeadModel: WavePosGPT2LMHeadModel,
-}
+}, on_init=drop_learned_positions)

@@ -1,13 +1,18 @@
-"""Architectures, in-place conversion (`apply_wavepos` / `revert_wavepos`) and Auto registration.
+"""The architecture registry: every per-architecture fact, in-place conversion, Auto registration.
 
-Adding an architecture is one file (config subclass, attention subclass, model classes,
-``CLASS_MAP``) plus one `Architecture` entry here, keyed by the stock ``model_type``.
+Adding an architecture is one model file (config, attention and model classes, ``CLASS_MAP``:
+see `hf_wavepos.models.common`) plus one `Architecture` entry at the end of this file, with the
+tiny config its tests build. Training, LoRA, the Hub card and the tests read the entry; none
+of them keeps its own list of architectures. Registering a model type twice is refused unless
+``overwrite=True``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Mapping
 
 import torch
 from transformers import AttentionInterface, AutoConfig, AutoModel, AutoModelForCausalLM
@@ -17,41 +22,115 @@ from hf_wavepos.attention.dispatch import available_backends
 from hf_wavepos.config import WavePosConfig, resolve_config
 from hf_wavepos.models import gpt2, gpt_neox, llama
 from hf_wavepos.models.common import UNSUPPORTED_IMPLEMENTATIONS, swap_classes, unsupported_attention_error
-from hf_wavepos.models.remote import auto_map
+from hf_wavepos.models.remote import auto_map, write_remote_code
 
 
 @dataclass(frozen=True)
 class Architecture:
-    """How one stock architecture becomes its wavepos twin."""
+    """Everything hf_wavepos knows about one stock architecture and its wavepos twin.
+
+    The classes come from ``module``, the architecture's model file: ``model_type`` is its
+    config class's, ``class_map`` its ``CLASS_MAP`` (stock -> wavepos).
+    """
 
     stock_model_type: str
-    model_type: str
-    source_file: str  # package-relative file with the model classes (for the remote code)
+    name: str
+    """How people write the architecture's name (``GPT-2``), for messages."""
+    module: ModuleType
     config_class: type
     base_class: type
     causal_lm_class: type
-    class_map: dict[type, type]
+    stock_config_class: type
     head_dim: Callable[[Any], int]
+    """Per-head size of a stock or wavepos config of this architecture."""
+    attention_dropout_field: str
+    """The config field of the attention dropout (the wavepos backends need it 0 while training)."""
+    scratch_config: Callable[..., Any]
+    """``scratch_config(vocab_size=, hidden_size=, layers=, heads=, max_positions=, **special_tokens)``:
+    the stock config of a model trained from scratch (training recipes, ``model.size``)."""
+    tiny_config: Mapping[str, Any]
+    """Keyword arguments of ``stock_config_class`` for a tiny model (2 layers): what the tests build."""
     lora_target_modules: tuple[str, ...]
+    """PEFT LoRA targets (the attention projections; names shared by the stock and wavepos model)."""
+    lora_embeddings: tuple[str, ...]
+    """Input embedding module names, trained as ``modules_to_save`` by LongLoRA."""
+    lora_norms: tuple[str, ...]
+    """Normalisation module names, trained as ``modules_to_save`` by LongLoRA."""
+    lora_fan_in_fan_out: bool = False
+    """True when the LoRA targets store weights transposed (GPT-2's Conv1D)."""
+    learned_positions_field: str | None = None
+    """The config field holding how many positions the stock model's learned absolute embedding
+    has (GPT-2: ``n_positions``); None for models without learned positions."""
     on_apply: Callable[[torch.nn.Module], None] | None = None
+    """Extra step of `apply_wavepos` after the classes are swapped (GPT-2: set ``wpe`` aside)."""
     on_revert: Callable[[torch.nn.Module], None] | None = None
-    stock_config_class: type = field(default=object)
+    """Extra step of `revert_wavepos` (GPT-2: restore ``wpe``)."""
+
+    @property
+    def model_type(self) -> str:
+        """The wavepos model type, e.g. ``wavepos_llama``."""
+        return self.config_class.model_type
+
+    @property
+    def class_map(self) -> dict[type, type]:
+        """Stock class -> wavepos class (the model file's ``CLASS_MAP``)."""
+        return self.module.CLASS_MAP
+
+    @property
+    def stock_causal_lm_class(self) -> type:
+        """The stock ``...ForCausalLM`` / ``...LMHeadModel`` class."""
+        return next(stock for stock, new in self.class_map.items() if new is self.causal_lm_class)
+
+    @property
+    def source_file(self) -> Path:
+        """The model file, bundled into the remote code."""
+        return Path(self.module.__file__)
 
     def auto_map(self) -> dict[str, str]:
+        """The ``auto_map`` entry of config.json pointing the Auto classes at the remote code."""
         return auto_map(self.model_type, self.config_class.__name__, self.base_class.__name__,
                         self.causal_lm_class.__name__)
 
+    def write_remote_code(self, folder: str | Path) -> Path:
+        """Write the self-contained remote code of this architecture into ``folder``."""
+        return write_remote_code(folder, self.source_file, self.model_type)
+
 
 ARCHITECTURES: dict[str, Architecture] = {}
+"""Keyed by both the stock and the wavepos model_type."""
 
 
-def register_architecture(arch: Architecture) -> None:
-    """Register ``arch`` (keyed by its stock and its wavepos model_type) with transformers' Auto classes."""
+def register_architecture(arch: Architecture, *, overwrite: bool = False) -> None:
+    """Register ``arch`` (keyed by its stock and its wavepos model_type) with transformers' Auto classes.
+
+    Raises:
+        ValueError: a model type of ``arch`` is already registered (pass ``overwrite=True`` to
+            replace it), or the model file's classes do not match the entry.
+    """
+    taken = [t for t in (arch.stock_model_type, arch.model_type) if t in ARCHITECTURES]
+    if taken and not overwrite:
+        raise ValueError(f"architecture {taken[0]!r} is already registered; pass overwrite=True to replace it.")
+    missing = [c.__name__ for c in (arch.base_class, arch.causal_lm_class) if c not in arch.class_map.values()]
+    if missing:
+        raise ValueError(f"{', '.join(missing)} not in {arch.module.__name__}.CLASS_MAP; add the stock -> wavepos pair.")
     ARCHITECTURES[arch.stock_model_type] = arch
     ARCHITECTURES[arch.model_type] = arch
+    for cls in (arch.base_class, arch.causal_lm_class):
+        cls.wavepos_architecture = arch  # what WavePosPreTrainedMixin.save_pretrained reads
     AutoConfig.register(arch.model_type, arch.config_class, exist_ok=True)
     AutoModel.register(arch.config_class, arch.base_class, exist_ok=True)
     AutoModelForCausalLM.register(arch.config_class, arch.causal_lm_class, exist_ok=True)
+
+
+def registered_architectures() -> list[Architecture]:
+    """Every registered `Architecture` once, in registration order."""
+    return list({id(a): a for a in ARCHITECTURES.values()}.values())
+
+
+def is_wavepos_model_type(model_type: str) -> bool:
+    """True for a registered wavepos model type (``wavepos_llama``, ...), False otherwise."""
+    arch = ARCHITECTURES.get(model_type)
+    return arch is not None and arch.model_type == model_type
 
 
 def supported_model_types() -> list[str]:
@@ -82,7 +161,8 @@ def apply_wavepos(model: torch.nn.Module, config_or_preset: WavePosConfig | str 
     replaces its position config.
 
     Args:
-        model: a Llama, GPT-NeoX or GPT-2 model (``...ForCausalLM`` or the base model).
+        model: a model of a registered architecture (``...ForCausalLM`` or the base model);
+            `supported_model_types` lists them.
         config_or_preset: a `WavePosConfig`, a preset name (``oka2025``, ``oka2025-4k``, ``long``,
             ``alibi``, ``nope``) or a ``wavepos`` dict.
 
@@ -131,11 +211,8 @@ def revert_wavepos(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def lora_target_modules(model_or_type: Any) -> list[str]:
-    """PEFT LoRA target module names for a wavepos (or stock) model or model_type.
-
-    llama: q/k/v/o_proj; gpt_neox: query_key_value; gpt2: c_attn (a Conv1D: PEFT sets
-    fan_in_fan_out itself).
-    """
+    """PEFT LoRA target module names for a wavepos (or stock) model or model_type
+    (`Architecture.lora_target_modules`)."""
     model_type = model_or_type if isinstance(model_or_type, str) else model_or_type.config.model_type
     return list(architecture_of(model_type).lora_target_modules)
 
@@ -173,28 +250,61 @@ def register_attention_implementations() -> list[str]:
 
 
 register_attention_implementations()
+
+
+# ---------------------------------------------------------------------------- the architectures
+def _llama_scratch(*, vocab_size, hidden_size, layers, heads, max_positions, **special):
+    ffn = 256 * round(8 * hidden_size / 3 / 256) if hidden_size >= 256 else 2 * hidden_size  # SwiGLU: ~8/3 x hidden
+    return llama.LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=ffn, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=max_positions, **special,
+    )
+
+
+def _gpt_neox_scratch(*, vocab_size, hidden_size, layers, heads, max_positions, **special):
+    return gpt_neox.GPTNeoXConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=layers,
+        num_attention_heads=heads, max_position_embeddings=max_positions, hidden_dropout=0.0,
+        attention_dropout=0.0, **special,
+    )
+
+
+def _gpt2_scratch(*, vocab_size, hidden_size, layers, heads, max_positions, **special):
+    return gpt2.GPT2Config(
+        vocab_size=vocab_size, n_embd=hidden_size, n_layer=layers, n_head=heads, n_inner=4 * hidden_size,
+        n_positions=max_positions, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **special,
+    )
+
+
 register_architecture(Architecture(
-    stock_model_type="llama", model_type="wavepos_llama", source_file="models/llama.py",
-    config_class=llama.WavePosLlamaConfig, base_class=llama.WavePosLlamaModel,
-    causal_lm_class=llama.WavePosLlamaForCausalLM, class_map=llama.CLASS_MAP,
-    head_dim=lambda c: getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
-    lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
-    stock_config_class=llama.LlamaConfig,
+    stock_model_type="llama", name="Llama", module=llama, config_class=llama.WavePosLlamaConfig,
+    base_class=llama.WavePosLlamaModel, causal_lm_class=llama.WavePosLlamaForCausalLM,
+    stock_config_class=llama.LlamaConfig, head_dim=llama.llama_head_dim,
+    attention_dropout_field="attention_dropout", scratch_config=_llama_scratch,
+    tiny_config=dict(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, intermediate_size=96, pad_token_id=0),
+    lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), lora_embeddings=("embed_tokens",),
+    lora_norms=("input_layernorm", "post_attention_layernorm", "norm"),
 ))
 register_architecture(Architecture(
-    stock_model_type="gpt_neox", model_type="wavepos_gpt_neox", source_file="models/gpt_neox.py",
-    config_class=gpt_neox.WavePosGPTNeoXConfig, base_class=gpt_neox.WavePosGPTNeoXModel,
-    causal_lm_class=gpt_neox.WavePosGPTNeoXForCausalLM, class_map=gpt_neox.CLASS_MAP,
-    head_dim=lambda c: c.hidden_size // c.num_attention_heads,
-    lora_target_modules=("query_key_value",),
-    stock_config_class=gpt_neox.GPTNeoXConfig,
+    stock_model_type="gpt_neox", name="GPT-NeoX", module=gpt_neox, config_class=gpt_neox.WavePosGPTNeoXConfig,
+    base_class=gpt_neox.WavePosGPTNeoXModel, causal_lm_class=gpt_neox.WavePosGPTNeoXForCausalLM,
+    stock_config_class=gpt_neox.GPTNeoXConfig, head_dim=gpt_neox.gpt_neox_head_dim,
+    attention_dropout_field="attention_dropout", scratch_config=_gpt_neox_scratch,
+    tiny_config=dict(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=96, rotary_pct=0.25, attention_dropout=0.0, hidden_dropout=0.0,
+                     pad_token_id=0),
+    lora_target_modules=("query_key_value",), lora_embeddings=("embed_in",),
+    lora_norms=("input_layernorm", "post_attention_layernorm", "final_layer_norm"),
 ))
 register_architecture(Architecture(
-    stock_model_type="gpt2", model_type="wavepos_gpt2", source_file="models/gpt2.py",
-    config_class=gpt2.WavePosGPT2Config, base_class=gpt2.WavePosGPT2Model,
-    causal_lm_class=gpt2.WavePosGPT2LMHeadModel, class_map=gpt2.CLASS_MAP,
-    head_dim=lambda c: c.n_embd // c.n_head,
-    lora_target_modules=("c_attn",),
+    stock_model_type="gpt2", name="GPT-2", module=gpt2, config_class=gpt2.WavePosGPT2Config,
+    base_class=gpt2.WavePosGPT2Model, causal_lm_class=gpt2.WavePosGPT2LMHeadModel,
+    stock_config_class=gpt2.GPT2Config, head_dim=gpt2.gpt2_head_dim,
+    attention_dropout_field="attn_pdrop", scratch_config=_gpt2_scratch,
+    tiny_config=dict(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=32, attn_pdrop=0.0,
+                     resid_pdrop=0.0, embd_pdrop=0.0, pad_token_id=0),
+    lora_target_modules=("c_attn",), lora_embeddings=("wte",), lora_norms=("ln_1", "ln_2", "ln_f"),
+    lora_fan_in_fan_out=True, learned_positions_field="n_positions",
     on_apply=gpt2.drop_learned_positions, on_revert=gpt2.restore_learned_positions,
-    stock_config_class=gpt2.GPT2Config,
 ))

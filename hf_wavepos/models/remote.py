@@ -15,12 +15,15 @@ import ast
 import json
 from pathlib import Path
 
+from hf_wavepos.version import __version__
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 # Bundled in this order: every module only uses names of modules before it (at import time).
 CORE_MODULES = (
-    "basis.py",
+    "wavelets.py",
     "config.py",
+    "basis.py",
     "attention/inputs.py",
     "attention/reference.py",
     "attention/chunked.py",
@@ -69,18 +72,22 @@ def _top_level_names(source: str) -> set[str]:
     return names
 
 
-def bundle_source(arch_module: str, model_type: str) -> str:
-    """The remote-code file for one architecture, e.g. ``bundle_source("models/llama.py", "wavepos_llama")``.
+def bundle_source(arch_file: str | Path, model_type: str) -> str:
+    """The remote-code file for one architecture, e.g. ``bundle_source(llama.__file__, "wavepos_llama")``.
+
+    Args:
+        arch_file: the architecture's model file (absolute, or relative to the package folder).
+        model_type: the wavepos model type (named in the header).
 
     Raises:
         RuntimeError: if two bundled modules define the same top-level name (they would clash).
     """
-    from hf_wavepos.version import __version__
-
     parts = [HEADER.format(model_type=model_type, version=__version__)]
     seen: dict[str, str] = {}
-    for relative in (*CORE_MODULES, arch_module):
-        source = (PACKAGE_ROOT / relative).read_text()
+    arch_path = PACKAGE_ROOT / arch_file
+    arch_name = arch_path.relative_to(PACKAGE_ROOT).as_posix() if arch_path.is_relative_to(PACKAGE_ROOT) else arch_path.name
+    for relative, path in (*((m, PACKAGE_ROOT / m) for m in CORE_MODULES), (arch_name, arch_path)):
+        source = path.read_text()
         for name in _top_level_names(source):
             if name in seen and not name.startswith("__"):
                 raise RuntimeError(f"cannot bundle: {name!r} is defined in both {seen[name]} and {relative}.")
@@ -97,10 +104,10 @@ def remote_module_name(model_type: str) -> str:
     return f"modeling_{model_type}"
 
 
-def write_remote_code(folder: str | Path, arch_module: str, model_type: str) -> Path:
-    """Write the bundled remote code into ``folder`` and return its path."""
+def write_remote_code(folder: str | Path, arch_file: str | Path, model_type: str) -> Path:
+    """Write the bundled remote code (`bundle_source`) into ``folder`` and return its path."""
     path = Path(folder) / f"{remote_module_name(model_type)}.py"
-    path.write_text(bundle_source(arch_module, model_type))
+    path.write_text(bundle_source(arch_file, model_type))
     return path
 
 

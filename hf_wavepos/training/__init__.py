@@ -10,13 +10,12 @@ from hf_wavepos.training.batches import BatchPlan, PackedBatches, StreamingBatch
 from hf_wavepos.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from hf_wavepos.training.experiment_config import TrainConfig, load_config
 from hf_wavepos.training.yaml_dataclasses import apply_overrides
-from hf_wavepos.training.lora import LAYOUTS, lora_config, merge_adapter, wrap_lora
+from hf_wavepos.training.lora import lora_config, merge_adapter, wrap_lora
 from hf_wavepos.training.loop import TrainResult, evaluate, merge_lora_from_config, token_loss_sum, train
 from hf_wavepos.training.modeling import check_model_inputs, instantiate_model, model_config, resolve_position
 from hf_wavepos.training.recipe import RECIPES, check_recipe, run_recipe
 
 __all__ = [
-    "LAYOUTS",
     "RECIPES",
     "BatchPlan",
     "PackedBatches",

@@ -27,10 +27,14 @@ from typing import Any, Mapping, Sequence, Union
 
 import yaml
 
+from hf_wavepos.models.registry import registered_architectures
 from hf_wavepos.training.yaml_dataclasses import apply_overrides, build_dataclass
 
-ARCHITECTURES = ("llama", "gpt_neox", "gpt2")
-MODEL_SIZES = ("tiny", "125m")
+MODEL_SIZES: dict[str, tuple[int, int, int]] = {
+    # Scratch shapes: (hidden, layers, heads); the feed-forward width follows the architecture's habit.
+    "tiny": (64, 2, 4),
+    "125m": (768, 12, 12),
+}
 KEEP_POSITIONS = ("rope", "keep")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -48,7 +52,9 @@ class ModelSection:
     """Which network to train and with which position method."""
 
     architecture: str | None = _help(
-        "Architecture of a model trained from scratch: llama, gpt_neox or gpt2 (ignored with `pretrained`).", "llama"
+        "Architecture of a model trained from scratch: a stock model_type hf_wavepos supports "
+        "(hf_wavepos.supported_model_types(): llama, gpt_neox, gpt2; ignored with `pretrained`).",
+        "llama",
     )
     size: str = _help("Shape of a model trained from scratch: tiny (2 layers, width 64) or 125m (12 x 768).", "tiny")
     config_overrides: dict = _help(
@@ -72,10 +78,11 @@ class ModelSection:
 
     def validate(self) -> None:
         if self.pretrained is None:
-            if self.architecture not in ARCHITECTURES:
+            names = [a.stock_model_type for a in registered_architectures()]
+            if self.architecture not in names:
                 raise ValueError(
                     f"model.architecture={self.architecture!r} is not supported; allowed values: "
-                    f"{', '.join(ARCHITECTURES)} (or set model.pretrained)."
+                    f"{', '.join(names)} (or set model.pretrained)."
                 )
             if self.size not in MODEL_SIZES:
                 raise ValueError(f"model.size={self.size!r} is unknown; allowed values: {', '.join(MODEL_SIZES)}.")

@@ -1,14 +1,9 @@
 """LoRA through PEFT, with LongLoRA's option to also train the embeddings and the norms.
 
-The default LoRA targets are the model integration's (`hf_wavepos.lora_target_modules`: the
-wavepos attention keeps the stock parameter names, so the same names serve stock and converted
-models); this module adds the names of the embeddings and norms for LongLoRA:
-
-| architecture | default LoRA targets | embeddings | norms |
-|---|---|---|---|
-| llama | q_proj, k_proj, v_proj, o_proj | embed_tokens | input_layernorm, post_attention_layernorm, norm |
-| gpt_neox | query_key_value | embed_in | input_layernorm, post_attention_layernorm, final_layer_norm |
-| gpt2 | c_attn (a Conv1D: fan_in_fan_out) | wte | ln_1, ln_2, ln_f |
+The module names come from the architecture registry (`hf_wavepos.models.registry.Architecture`):
+``lora_target_modules`` (the attention projections: the wavepos attention keeps the stock
+parameter names, so the same names serve stock and converted models), ``lora_embeddings`` and
+``lora_norms`` (LongLoRA's extra trainables) and ``lora_fan_in_fan_out`` (GPT-2's Conv1D).
 
 Embeddings and norms are trained as PEFT ``modules_to_save``: trained copies saved inside the
 adapter and swapped in by ``merge_and_unload``.
@@ -16,30 +11,13 @@ adapter and swapped in by ``merge_and_unload``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from hf_wavepos.models.registry import ARCHITECTURES, supported_model_types
 from hf_wavepos.training.experiment_config import LoraSection
-from hf_wavepos.training.modeling import base_architecture
-
-
-@dataclass(frozen=True)
-class LoraLayout:
-    """Module names of one architecture for LongLoRA's extra trainables (see the module docstring)."""
-
-    embeddings: tuple[str, ...]
-    norms: tuple[str, ...]
-    fan_in_fan_out: bool = False
-
-
-LAYOUTS: dict[str, LoraLayout] = {
-    "llama": LoraLayout(("embed_tokens",), ("input_layernorm", "post_attention_layernorm", "norm")),
-    "gpt_neox": LoraLayout(("embed_in",), ("input_layernorm", "post_attention_layernorm", "final_layer_norm")),
-    "gpt2": LoraLayout(("wte",), ("ln_1", "ln_2", "ln_f"), fan_in_fan_out=True),
-}
 
 
 def lora_config(section: LoraSection, model_type: str, *, tied_embeddings: bool = False) -> Any:
@@ -51,34 +29,29 @@ def lora_config(section: LoraSection, model_type: str, *, tied_embeddings: bool 
         tied_embeddings: the model ties input and output embeddings.
 
     Raises:
-        ValueError: an architecture without a layout and no explicit ``lora.target_modules``, or
+        ValueError: an unregistered architecture and no explicit ``lora.target_modules``, or
             trained embeddings on a model with tied embeddings.
     """
     from peft import LoraConfig
 
-    layout = LAYOUTS.get(base_architecture(model_type))
-    if layout is None and (section.target_modules is None or section.train_embeddings or section.train_norms):
+    arch = ARCHITECTURES.get(model_type)
+    if arch is None and (section.target_modules is None or section.train_embeddings or section.train_norms):
         raise ValueError(
-            f"no LoRA layout for model type {model_type!r} (known: {', '.join(LAYOUTS)}); set lora.target_modules "
-            "and leave lora.train_embeddings / lora.train_norms off."
+            f"no LoRA layout for model type {model_type!r} (known: {', '.join(supported_model_types())}); set "
+            "lora.target_modules and leave lora.train_embeddings / lora.train_norms off."
         )
-    if section.target_modules is not None:
-        targets = list(section.target_modules)
-    else:
-        from hf_wavepos import lora_target_modules
-
-        targets = lora_target_modules(model_type)
+    targets = list(section.target_modules if section.target_modules is not None else arch.lora_target_modules)
     if section.train_embeddings and tied_embeddings:
         raise ValueError(
             f"lora.train_embeddings with tied input/output embeddings ({model_type}, tie_word_embeddings=true) is "
             "not supported: PEFT would train a copy of the input embedding while the output head stays on the frozen "
             "original, and the merged model would differ from the adapter model. Set lora.train_embeddings false."
         )
-    to_save = [*(layout.embeddings if section.train_embeddings else ()), *(layout.norms if section.train_norms else ())]
+    to_save = [*(arch.lora_embeddings if section.train_embeddings else ()), *(arch.lora_norms if section.train_norms else ())]
     return LoraConfig(
         task_type="CAUSAL_LM", r=section.r, lora_alpha=section.alpha, lora_dropout=section.dropout,
         target_modules=targets, modules_to_save=to_save or None,
-        fan_in_fan_out=bool(layout and layout.fan_in_fan_out),
+        fan_in_fan_out=bool(arch and arch.lora_fan_in_fan_out),
     )
 
 

@@ -17,20 +17,14 @@ from typing import Any
 import torch
 
 from hf_wavepos.config import WavePosConfig, resolve_config
-from hf_wavepos.training.experiment_config import ARCHITECTURES, KEEP_POSITIONS, ModelSection
-
-# Scratch shapes: (hidden, layers, heads); the feed-forward width follows the architecture's habit.
-SIZES: dict[str, tuple[int, int, int]] = {
-    "tiny": (64, 2, 4),
-    "125m": (768, 12, 12),
-}
-
-WAVEPOS_PREFIX = "wavepos_"
-
-
-def base_architecture(model_type: str) -> str:
-    """``"wavepos_llama"`` -> ``"llama"``; stock types are returned unchanged."""
-    return model_type[len(WAVEPOS_PREFIX):] if model_type.startswith(WAVEPOS_PREFIX) else model_type
+from hf_wavepos.models.registry import (
+    ARCHITECTURES,
+    apply_wavepos,
+    architecture_of,
+    is_wavepos_model_type,
+    registered_architectures,
+)
+from hf_wavepos.training.experiment_config import KEEP_POSITIONS, MODEL_SIZES, ModelSection
 
 
 def resolve_position(position: Any, block_size: int) -> str | WavePosConfig:
@@ -62,29 +56,14 @@ def resolve_position(position: Any, block_size: int) -> str | WavePosConfig:
 
 
 def _scratch_config(section: ModelSection, vocab_size: int, block_size: int, tokenizer: Any) -> Any:
-    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
-
-    hidden, layers, heads = SIZES[section.size]
+    hidden, layers, heads = MODEL_SIZES[section.size]
     special = {
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
-    if section.architecture == "llama":
-        ffn = 256 * round(8 * hidden / 3 / 256) if hidden >= 256 else 2 * hidden  # SwiGLU: ~8/3 x hidden
-        return LlamaConfig(
-            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-            num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=block_size, **special,
-        )
-    if section.architecture == "gpt_neox":
-        return GPTNeoXConfig(
-            vocab_size=vocab_size, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
-            num_attention_heads=heads, max_position_embeddings=block_size, hidden_dropout=0.0,
-            attention_dropout=0.0, **special,
-        )
-    return GPT2Config(
-        vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads, n_inner=4 * hidden,
-        n_positions=block_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **special,
+    return architecture_of(section.architecture).scratch_config(
+        vocab_size=vocab_size, hidden_size=hidden, layers=layers, heads=heads, max_positions=block_size, **special,
     )
 
 
@@ -118,12 +97,6 @@ def model_config(section: ModelSection, tokenizer: Any, block_size: int) -> Any:
     return config
 
 
-def head_dim_of(config: Any) -> int:
-    """Per-head size of a transformers config (``head_dim`` or hidden size / heads)."""
-    explicit = getattr(config, "head_dim", None)
-    return int(explicit) if explicit else config.hidden_size // config.num_attention_heads
-
-
 def check_model_inputs(config: Any, tokenizer: Any, block_size: int, position: str | WavePosConfig) -> None:
     """Raise ValueError on a tokenizer/model mismatch or a block size the positions cannot train at.
 
@@ -154,36 +127,42 @@ def check_model_inputs(config: Any, tokenizer: Any, block_size: int, position: s
             "set model.tokenizer to the checkpoint's tokenizer (or null to use the one saved with it)."
         )
 
-    converted = model_type.startswith(WAVEPOS_PREFIX)
-    if position == "rope" and converted:
+    arch = ARCHITECTURES.get(model_type)
+    if position == "rope" and is_wavepos_model_type(model_type):
         raise ValueError(
             f"model.position='rope' but the checkpoint is already a {model_type} model (wavelet positions); "
             "use model.position: keep to train it as it is."
         )
     if isinstance(position, WavePosConfig):
-        if base_architecture(model_type) not in ARCHITECTURES:
-            raise ValueError(
-                f"model type {model_type!r} cannot be converted to wavelet positions; supported: "
-                f"{', '.join(ARCHITECTURES)}. Use model.position: rope to train it unchanged."
-            )
-        for name in ("attention_dropout", "attn_pdrop"):
-            if float(getattr(config, name, 0.0) or 0.0) > 0:
-                raise ValueError(
-                    f"the checkpoint's {name}={getattr(config, name)} is attention dropout, which the wavepos attention "
-                    f"backends do not support; add model.config_overrides: {{{name}: 0.0}} to convert it."
-                )
-        if getattr(position, "method", "wavelet") == "wavelet":
-            try:
-                position.check_head_dim(head_dim_of(config))
-            except ValueError as err:
-                raise ValueError(f"model.position does not fit this model: {err}") from err
-    learned_positions = model_type == "gpt2" and not isinstance(position, WavePosConfig)
-    if learned_positions and block_size > config.n_positions:
+        _check_convertible(config, arch, position)
+    limit_field = arch.learned_positions_field if arch is not None and model_type == arch.stock_model_type else None
+    if limit_field and not isinstance(position, WavePosConfig) and block_size > getattr(config, limit_field):
         raise ValueError(
-            f"data.block_size={block_size} is above what GPT-2's learned absolute positions can train at "
-            f"(n_positions={config.n_positions}). Lower data.block_size, or convert the model to wavelet "
+            f"data.block_size={block_size} is above what {arch.name}'s learned absolute positions can train at "
+            f"({limit_field}={getattr(config, limit_field)}). Lower data.block_size, or convert the model to wavelet "
             "positions (model.position: oka2025), which have no maximum length."
         )
+
+
+def _check_convertible(config: Any, arch: Any, position: WavePosConfig) -> None:
+    """Raise ValueError unless a model of ``config`` can be converted to ``position``."""
+    if arch is None:
+        names = [a.stock_model_type for a in registered_architectures()]
+        raise ValueError(
+            f"model type {getattr(config, 'model_type', '')!r} cannot be converted to wavelet positions; supported: "
+            f"{', '.join(names)}. Use model.position: rope to train it unchanged."
+        )
+    name = arch.attention_dropout_field
+    if float(getattr(config, name, 0.0) or 0.0) > 0:
+        raise ValueError(
+            f"the checkpoint's {name}={getattr(config, name)} is attention dropout, which the wavepos attention "
+            f"backends do not support; add model.config_overrides: {{{name}: 0.0}} to convert it."
+        )
+    if position.method == "wavelet":
+        try:
+            position.check_head_dim(arch.head_dim(config))
+        except ValueError as err:
+            raise ValueError(f"model.position does not fit this model: {err}") from err
 
 
 def instantiate_model(
@@ -215,8 +194,6 @@ def instantiate_model(
             trust_remote_code=section.trust_remote_code,
         )
     if isinstance(position, WavePosConfig):
-        from hf_wavepos import apply_wavepos
-
         model = apply_wavepos(model, position)
     model.train()
     return model

@@ -1,4 +1,4 @@
-"""Model integration: Llama, GPT-NeoX and GPT-2 with wavelet positions (tiny models, no Hub)."""
+"""Model integration: every registered architecture with wavelet positions (tiny models, no Hub)."""
 
 import copy
 import os
@@ -8,68 +8,13 @@ import textwrap
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    GPT2Config,
-    GPT2LMHeadModel,
-    GPTNeoXConfig,
-    GPTNeoXForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
-)
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 import hf_wavepos
 from hf_wavepos import WavePosConfig, apply_wavepos, revert_wavepos, wavelet_table
 from hf_wavepos.attention import reference_attention
-
-VOCAB = 96
-
-
-def stock_model(arch: str, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    if arch == "llama":
-        config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, intermediate_size=96, pad_token_id=0)
-        return LlamaForCausalLM(config).eval()
-    if arch == "gpt_neox":
-        config = GPTNeoXConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                               intermediate_size=96, rotary_pct=0.25, attention_dropout=0.0, hidden_dropout=0.0,
-                               pad_token_id=0)
-        return GPTNeoXForCausalLM(config).eval()
-    config = GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=32, attn_pdrop=0.0,
-                        resid_pdrop=0.0, embd_pdrop=0.0, pad_token_id=0)
-    return GPT2LMHeadModel(config).eval()
-
-
-def wavepos_model(arch: str, preset="oka2025", seed: int = 0) -> torch.nn.Module:
-    return apply_wavepos(stock_model(arch, seed), preset)
-
-
-ARCHS = ["llama", "gpt_neox", "gpt2"]
-
-
-def tokens(*shape, seed=1):
-    return torch.randint(1, VOCAB, shape, generator=torch.Generator().manual_seed(seed))
-
-
-def project_qkv(arch, attn, hidden):
-    """The stock module's q, k, v projections, (B, H|Hkv, L, D), written out by hand."""
-    B, L, _ = hidden.shape
-    if arch == "llama":
-        d = attn.head_dim
-        q = attn.q_proj(hidden).view(B, L, -1, d).transpose(1, 2)
-        k = attn.k_proj(hidden).view(B, L, -1, d).transpose(1, 2)
-        v = attn.v_proj(hidden).view(B, L, -1, d).transpose(1, 2)
-        return q, k, v, attn.o_proj
-    if arch == "gpt_neox":
-        d = attn.head_size
-        qkv = attn.query_key_value(hidden).view(B, L, -1, 3 * d).transpose(1, 2)
-        q, k, v = qkv.chunk(3, dim=-1)
-        return q, k, v, attn.dense
-    d = attn.head_dim
-    q, k, v = attn.c_attn(hidden).split(attn.split_size, dim=2)
-    q, k, v = (t.view(B, L, -1, d).transpose(1, 2) for t in (q, k, v))
-    return q, k, v, attn.c_proj
+from hf_wavepos.models.registry import architecture_of
+from tests.models.tester import ARCHS, VOCAB, project_qkv, stock_model, tokens, wavepos_model
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -85,11 +30,11 @@ def test_attention_equals_hand_computation_with_reference(arch):
         model(ids)
     for h in hooks:
         h.remove()
-    table = wavelet_table(WavePosConfig(), 16, 19)
+    table = wavelet_table(WavePosConfig(), architecture_of(arch).head_dim(model.config), 19)
     for module, args, kwargs, out in captured:
         hidden = args[0] if args else kwargs["hidden_states"]
         with torch.no_grad():
-            q, k, v, out_proj = project_qkv(arch, module, hidden)
+            q, k, v, out_proj = project_qkv(module, hidden)
             want = reference_attention(q, k, v, table, scaling=module.scaling)
             want = out_proj(want.transpose(1, 2).reshape(*hidden.shape[:2], -1))
         torch.testing.assert_close(out[0], want, rtol=1e-5, atol=1e-5)

@@ -8,7 +8,7 @@ import pytest
 
 from hf_wavepos.training import TrainConfig, apply_overrides, check_recipe, load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "recipes" / "configs"
 LAUNCH = ROOT / "recipes" / "accelerate"
 
