@@ -79,9 +79,9 @@ class Device:
         self.dtype = torch.bfloat16 if self.cuda else torch.float32  # the interpreter has no bf16 dot
 
     def name(self) -> str:
-        if self.cuda:
-            return torch.cuda.get_device_name()
-        return f"CPU ({platform.processor() or platform.machine()}), Triton interpreter"
+        from hf_wavepos.machine import device_name
+
+        return device_name(self.torch_device) + ("" if self.cuda else ", Triton interpreter")
 
     def sync(self) -> None:
         if self.cuda:

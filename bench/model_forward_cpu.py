@@ -17,7 +17,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import hf_wavepos
-from hf_wavepos.experiments.attention_speed import cpu_name
+from hf_wavepos.machine import device_name
 
 
 def main(out="bench/results/model_forward_cpu.json", length=4096, repeats=5):
@@ -41,7 +41,7 @@ def main(out="bench/results/model_forward_cpu.json", length=4096, repeats=5):
                 times[name].append(time.perf_counter() - t0)
     tokens_per_s = {name: length / statistics.median(t) for name, t in times.items()}
     report = {
-        "benchmark": "tiny Llama forward, 4096 tokens, no grad", "device": f"CPU: {cpu_name()}, 2 threads",
+        "benchmark": "tiny Llama forward, 4096 tokens, no grad", "device": device_name("cpu"),
         "torch": torch.__version__, "tokens_per_second_this_machine": tokens_per_s,
         "ratio_vs_rope_sdpa": {name: v / tokens_per_s["rope_sdpa"] for name, v in tokens_per_s.items()},
     }

@@ -22,16 +22,20 @@ def stdlib_root() -> Path:
     return Path(sysconfig.get_paths()["stdlib"])
 
 
-def stdlib_files(max_documents: int | None = None, seed: int = 0) -> list[Path]:
-    """The corpus' ``.py`` files in a fixed order.
+def stdlib_files(max_documents: int | None = None, seed: int | None = 0) -> list[Path]:
+    """The corpus' ``.py`` files in a fixed order: the one list training and evaluation share.
 
     Args:
         max_documents: keep only this many files (None: all ~1,800).
-        seed: files are sorted by path, then shuffled with this seed, so a small
-            ``max_documents`` still samples the whole library rather than its first folder.
+        seed: files are sorted by their path relative to the stdlib folder, then shuffled with
+            this seed, so a small ``max_documents`` still samples the whole library rather than
+            its first folder; None keeps the sorted order.
 
     Returns:
         Absolute paths; the same list for the same interpreter, seed and limit.
+
+    Raises:
+        ValueError: a bad ``max_documents``, or an interpreter without its standard library source.
     """
     if max_documents is not None and (not isinstance(max_documents, int) or max_documents < 1):
         raise ValueError(f"max_documents must be a positive integer or None, got {max_documents!r}.")
@@ -42,14 +46,16 @@ def stdlib_files(max_documents: int | None = None, seed: int = 0) -> list[Path]:
             f"no Python source found under {root}; this interpreter ships without its standard "
             "library source, so set data.dataset to a Hub name or data.data_files to local files."
         )
-    random.Random(seed).shuffle(files)
+    if seed is not None:
+        random.Random(seed).shuffle(files)
     return files[:max_documents] if max_documents is not None else files
 
 
 @functools.lru_cache(maxsize=2)
 def _sorted_sources(root: str) -> tuple[Path, ...]:
     base = Path(root)
-    return tuple(sorted(p for p in base.rglob("*.py") if "site-packages" not in p.relative_to(base).parts and p.is_file()))
+    files = (p for p in base.rglob("*.py") if "site-packages" not in p.relative_to(base).parts and p.is_file())
+    return tuple(sorted(files, key=lambda p: p.relative_to(base).as_posix()))
 
 
 def iter_stdlib_documents(files: list[Path]) -> Iterator[dict[str, str]]:

@@ -2,8 +2,9 @@
 
 `load_texts` is the one entry point. Sources, by the string given:
 
-- ``"stdlib"``: every ``.py`` file of this interpreter's standard library (sorted by path; no
-  ``site-packages``). It is on every machine that runs Python, so it works offline.
+- ``"stdlib"``: every ``.py`` file of this interpreter's standard library, sorted by path, no
+  ``site-packages`` (`hf_wavepos.data.corpus.stdlib_files` unshuffled). It is on every machine
+  that runs Python, so it works offline.
 - ``"stdlib-heldout:N"`` or ``"stdlib-heldout:N:SEED"``: the documents the training recipes hold
   out of the embedded corpus with ``data.validation_size: N`` and ``data.seed: SEED`` (default 0),
   via `hf_wavepos.data.load_text_splits`, so a model is scored on files it never saw.
@@ -16,18 +17,10 @@
 from __future__ import annotations
 
 import json
-import sysconfig
 from pathlib import Path
 from typing import Iterable
 
 TEXT_SUFFIXES = (".txt", ".py", ".md", ".rst")
-
-
-def stdlib_files() -> list[Path]:
-    """The standard library's ``.py`` files, sorted by path relative to the stdlib folder."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = [p for p in root.rglob("*.py") if "site-packages" not in p.relative_to(root).parts]
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -135,7 +128,9 @@ def load_texts(
             at least ``min_chars`` characters.
     """
     if source == "stdlib":
-        texts = [p.read_text(encoding="utf-8", errors="replace") for p in stdlib_files()]
+        from hf_wavepos.data.corpus import stdlib_files  # hf_wavepos.data imports `datasets`: only when needed
+
+        texts = [p.read_text(encoding="utf-8", errors="replace") for p in stdlib_files(seed=None)]
     elif source.startswith("stdlib-heldout"):
         texts = stdlib_heldout_texts(source)
     elif looks_like_path(source):

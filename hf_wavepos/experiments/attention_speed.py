@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from hf_wavepos.attention import chunked_attention
 from hf_wavepos.basis import wavelet_table
 from hf_wavepos.config import WavePosConfig
+from hf_wavepos.machine import device_name
 
 ATTENTION_PATHS = ("sdpa", "dense_bias", "chunked")
 
@@ -87,16 +88,6 @@ def _measure_memory_here(args):
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     step()
     print((_status_kib("VmHWM") - before) / 1024)
-
-
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None):
@@ -160,7 +151,7 @@ def run_cpu_benchmark(args, argv=None, progress=None):
         "shape": {"batch": 1, "heads": args.heads, "length": args.length, "head_dim": args.head_dim,
                   "dtype": "float32"},
         "threads": args.threads, "chunk_size": args.chunk_size, "repeats": args.repeats,
-        "device": f"CPU: {cpu_name()}", "torch": torch.__version__, "python": platform.python_version(),
+        "device": device_name("cpu"), "torch": torch.__version__, "python": platform.python_version(),
         "results": results,
     }
     return report

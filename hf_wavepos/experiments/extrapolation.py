@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from hf_wavepos.machine import device_name
+
 # Method name -> the training loop's ``model.position`` value (RoPE is the stock model).
 BENCH_METHODS: dict[str, Any] = {
     "nope": {"method": "nope"},
@@ -162,15 +164,6 @@ def format_table(results: dict[str, list[dict]], block_size: int) -> str:
             cells.append((f"{ppl:9.2f}" + (f" ({ratio:.2f}x)" if ratio is not None else "")).rjust(22))
         lines.append(f"{n} ({n / block_size:g}x)".rjust(12) + "".join(cells))
     return "\n".join(lines)
-
-
-def device_name() -> str:
-    """The device the benchmark ran on, in words."""
-    if torch.cuda.is_available():
-        return f"GPU: {torch.cuda.get_device_name(0)}"
-    from hf_wavepos.experiments.attention_speed import cpu_name
-
-    return f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def prepare_corpus(config: ExtrapolationConfig, out: Path, step: str) -> tuple[Any, Any]:

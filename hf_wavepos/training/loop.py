@@ -37,6 +37,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from hf_wavepos.data.packing import IGNORE_INDEX, collate_blocks
+from hf_wavepos.machine import device_name
 from hf_wavepos.training import checkpoint as ckpt
 from hf_wavepos.training.batches import BatchPlan
 from hf_wavepos.training.experiment_config import TrainConfig
@@ -332,7 +333,7 @@ def train(config: TrainConfig, resume_from_checkpoint: str | None = None) -> Tra
         "distributed_type": str(accelerator.distributed_type.value),
         "global_batch_size": config.train.global_batch_size, "block_size": config.data.block_size,
         "accumulation_steps": plan.accumulation_steps, "parameters": total, "trainable_parameters": trainable,
-        "mixed_precision": config.train.mixed_precision, "device": _device_name(accelerator.device),
+        "mixed_precision": config.train.mixed_precision, "device": device_name(accelerator.device),
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         "final_model": final_model, "adapter": adapter,
     }
@@ -361,14 +362,6 @@ def _has_accelerator() -> bool:
     if accel is not None and hasattr(accel, "is_available"):
         return bool(accel.is_available())
     return torch.cuda.is_available()
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    return f"{device.type} ({platform.processor() or platform.machine()})"
 
 
 def _save(accelerator: Any, config: TrainConfig, step: int, train_loss: float | None) -> None:
