@@ -118,6 +118,35 @@ def _slug_in(label: str, filename: str) -> bool:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") in filename
 
 
+def _eval_context(eval_run: str | Path | None, label: str | None) -> dict[str, Any]:
+    """`eval_sections` of ``label`` in the run (empty tables without a run); ValueError on a bad label."""
+    if eval_run is None:
+        return {"perplexity_rows": [], "retrieval_rows": [], "longdoc_rows": [], "eval_results": []}
+    run = read_eval_run(eval_run)
+    labels = _labels(run)
+    if label is None:
+        if len(labels) != 1:
+            raise ValueError(f"the run in {eval_run} has several models {labels}; choose one with label=...")
+        label = labels[0]
+    if label not in labels:
+        raise ValueError(f"label {label!r} is not in the run {eval_run}; its models: {labels}.")
+    return eval_sections(run, label, Path(eval_run))
+
+
+def _method_rows(wp: WavePosConfig, head_dim: int) -> list[tuple[str, Any]]:
+    """The card's parameter table of the position method (only the fields that apply)."""
+    shown: dict[str, Any] = {"method": wp.method}
+    if wp.method == "wavelet":
+        shown.update({k: v for k, v in wp.to_dict().items() if k not in ("method", "format_version")})
+        shown["shifts_per_scale"] = wp.resolved_shifts(head_dim)
+        shown["scales"] = ", ".join(f"2^{wp.scale_base_exponent + i}" for i in range(wp.num_scales))
+        if wp.wavelet != "morlet":
+            shown.pop("morlet_omega")
+    elif wp.log_n_scaling:
+        shown.update(log_n_scaling=True, train_length=wp.train_length)
+    return [(f"`{k}`", v) for k, v in shown.items()]
+
+
 # ----------------------------------------------------------------------------- the card
 def render_card(
     config: dict[str, Any],
@@ -155,17 +184,7 @@ def render_card(
     arch = architecture_of(config["model_type"])
     model_config = arch.config_class.from_dict(config)  # attribute_map: num_attention_heads is GPT-2's n_head
     num_heads, head_dim = model_config.num_attention_heads, arch.head_dim(model_config)
-    context: dict[str, Any] = {"perplexity_rows": [], "retrieval_rows": [], "longdoc_rows": [], "eval_results": []}
-    if eval_run is not None:
-        run = read_eval_run(eval_run)
-        labels = _labels(run)
-        if label is None:
-            if len(labels) != 1:
-                raise ValueError(f"the run in {eval_run} has several models {labels}; choose one with label=...")
-            label = labels[0]
-        if label not in labels:
-            raise ValueError(f"label {label!r} is not in the run {eval_run}; its models: {labels}.")
-        context = eval_sections(run, label, Path(eval_run))
+    context = _eval_context(eval_run, label)
     card_data = ModelCardData(
         model_name=name,
         license=license,
@@ -176,16 +195,7 @@ def render_card(
         library_name="transformers",
         eval_results=[EvalResult(**r) for r in context["eval_results"]] or None,
     )
-    shown: dict[str, Any] = {"method": wp.method}
-    if wp.method == "wavelet":
-        shown.update({k: v for k, v in wp.to_dict().items() if k not in ("method", "format_version")})
-        shown["shifts_per_scale"] = wp.resolved_shifts(head_dim)
-        shown["scales"] = ", ".join(f"2^{wp.scale_base_exponent + i}" for i in range(wp.num_scales))
-        if wp.wavelet != "morlet":
-            shown.pop("morlet_omega")
-    elif wp.log_n_scaling:
-        shown.update(log_n_scaling=True, train_length=wp.train_length)
-    method_rows = [(f"`{k}`", v) for k, v in shown.items()]
+    method_rows = _method_rows(wp, head_dim)
     method_rows.append(("architecture", f"`{config['model_type']}` ({arch.causal_lm_class.__name__}), "
                         f"{model_config.num_hidden_layers} layers, {num_heads} heads of size {head_dim}"))
     lengths = context.get("retrieval_lengths", [])

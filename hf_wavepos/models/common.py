@@ -283,10 +283,15 @@ def swap_classes(model: torch.nn.Module, class_map: dict[type, type]) -> None:
             module.__class__ = new
 
 
-def link_classes(class_map: dict[type, type], on_init: Any = None) -> dict[type, type]:
-    """Give the wavepos model classes of ``class_map`` (stock -> wavepos) the map itself and the
-    architecture's ``on_init(model)`` hook; returns ``class_map`` (an architecture's ``CLASS_MAP``)."""
-    for cls in class_map.values():
+def link_classes(*classes: type, on_init: Any = None) -> dict[type, type]:
+    """An architecture's ``CLASS_MAP``: stock class -> wavepos class, for wavepos ``classes`` whose
+    last base is the stock class they replace.
+
+    Also gives the wavepos model classes (`WavePosPreTrainedMixin`) the map itself and the
+    architecture's ``on_init(model)`` hook, run after construction.
+    """
+    class_map = {cls.__bases__[-1]: cls for cls in classes}
+    for cls in classes:
         if issubclass(cls, WavePosPreTrainedMixin):
             cls.wavepos_class_map = class_map
             cls.wavepos_on_init = on_init

@@ -94,8 +94,6 @@ class WavePosGPT2LMHeadModel(WavePosPreTrainedMixin, GPT2LMHeadModel):
 
 # Stock class -> wavepos class, applied in place (conversion and construction); construction
 # also sets the learned positions aside.
-CLASS_MAP: dict[type, type] = link_classes({
-    GPT2Attention: WavePosGPT2Attention,
-    GPT2Model: WavePosGPT2Model,
-    GPT2LMHeadModel: WavePosGPT2LMHeadModel,
-}, on_init=drop_learned_positions)
+CLASS_MAP: dict[type, type] = link_classes(
+    WavePosGPT2Attention, WavePosGPT2Model, WavePosGPT2LMHeadModel, on_init=drop_learned_positions
+)

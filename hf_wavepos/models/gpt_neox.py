@@ -61,8 +61,4 @@ class WavePosGPTNeoXForCausalLM(WavePosPreTrainedMixin, GPTNeoXForCausalLM):
 
 
 # Stock class -> wavepos class, applied in place (conversion and construction).
-CLASS_MAP: dict[type, type] = link_classes({
-    GPTNeoXAttention: WavePosGPTNeoXAttention,
-    GPTNeoXModel: WavePosGPTNeoXModel,
-    GPTNeoXForCausalLM: WavePosGPTNeoXForCausalLM,
-})
+CLASS_MAP: dict[type, type] = link_classes(WavePosGPTNeoXAttention, WavePosGPTNeoXModel, WavePosGPTNeoXForCausalLM)

@@ -46,8 +46,4 @@ class WavePosLlamaForCausalLM(WavePosPreTrainedMixin, LlamaForCausalLM):
 
 
 # Stock class -> wavepos class, applied in place (conversion and construction).
-CLASS_MAP: dict[type, type] = link_classes({
-    LlamaAttention: WavePosLlamaAttention,
-    LlamaModel: WavePosLlamaModel,
-    LlamaForCausalLM: WavePosLlamaForCausalLM,
-})
+CLASS_MAP: dict[type, type] = link_classes(WavePosLlamaAttention, WavePosLlamaModel, WavePosLlamaForCausalLM)

@@ -47,8 +47,4 @@ class WavePosQwen2ForCausalLM(WavePosPreTrainedMixin, Qwen2ForCausalLM):
     config_class = WavePosQwen2Config
 
 
-CLASS_MAP: dict[type, type] = link_classes({
-    Qwen2Attention: WavePosQwen2Attention,
-    Qwen2Model: WavePosQwen2Model,
-    Qwen2ForCausalLM: WavePosQwen2ForCausalLM,
-})
+CLASS_MAP: dict[type, type] = link_classes(WavePosQwen2Attention, WavePosQwen2Model, WavePosQwen2ForCausalLM)
