@@ -1,4 +1,4 @@
-"""CPU attention benchmark (issue: foundation). See hf_wavepos/experiments/attention_speed.py for what it measures.
+"""CPU attention benchmark. See hf_wavepos/experiments/attention_speed.py for what it measures.
 
     python bench/attention_cpu.py            # writes bench/results/attention_cpu.json
 """

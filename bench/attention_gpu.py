@@ -1,4 +1,4 @@
-"""GPU benchmark of the wavelet attention backends (issue 4), all ratios measured in one run.
+"""GPU benchmark of the wavelet attention backends against PyTorch SDPA, all ratios measured in one run.
 
 1. Attention forward + backward, B=1, H=16, D=128, bfloat16, L in {4096, 16384, 65536}: time and
    peak memory of each backend (``triton``, ``flex``) for the presets ``oka2025-4k`` and ``long``,
@@ -8,8 +8,8 @@
 3. Training tokens/s of a ~125M-parameter Llama (12 layers, d_model 768, 12 heads) at L = 4096:
    the RoPE + SDPA model vs the same weights converted with `apply_wavepos` (per preset).
 
-Writes ``attention_gpu.json`` (device, versions, every number, the issue's targets and whether
-they are met) and ``attention_gpu.png`` into ``--out-dir`` (default ``bench/results``).
+Writes ``attention_gpu.json`` (device, versions, every number, the project's GPU speed and memory
+targets and whether they are met: see `targets`) and ``attention_gpu.png`` into ``--out-dir`` (default ``bench/results``).
 
     python bench/attention_gpu.py                    # one H100/H200, ~8 minutes (mostly compiles)
     python bench/attention_gpu.py --lengths 4096 16384 --skip-training
@@ -306,7 +306,8 @@ def run_training(args, dev: Device, progress) -> dict:
 
 # ------------------------------------------------------------------------------ report
 def targets(results: dict, args) -> dict:
-    """The issue's figures: value, target, met (None when not measured)."""
+    """The GPU targets (throughput vs SDPA at 16k, memory vs SDPA at 64k, memory growth with length,
+    decoding and training speed): value, target, met (None when not measured)."""
     att, out = results.get("attention", {}), {}
 
     def seconds(L, key):
@@ -376,7 +377,7 @@ def plot(results: dict, args, path: Path) -> None:
     axes[2].barh(range(len(names)), values, color=colors)
     axes[2].set_yticks(range(len(names)), [n.replace("_vs_", " / ") for n in names], fontsize=6)
     axes[2].axvline(1.0, color="k", lw=0.8)
-    axes[2].set_title("issue 4 figures (green: target met)")
+    axes[2].set_title("GPU targets (green: target met)")
     fig.suptitle(f"wavelet attention, {results['device']}, H={args.heads}, D={args.head_dim}, {results['dtype']}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -392,7 +393,7 @@ def main(argv=None) -> dict:
     dev = Device(args.cpu_smoke)
     progress = lambda items, desc: tqdm(items, desc=desc, file=sys.stderr)  # noqa: E731
     results = {
-        "benchmark": "wavelet attention on one GPU (issue 4); ratios from one run",
+        "benchmark": "wavelet attention on one GPU; ratios from one run",
         "command": "python bench/attention_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "device": dev.name(),
         "dtype": str(dev.dtype).replace("torch.", ""),

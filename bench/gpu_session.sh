@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# Everything this project still needs a GPU for, as one prepared command for a device session
-# (one H100 or H200, 15 minutes of device time in all, a bare machine with torch, triton,
-# transformers, accelerate and peft but no `datasets`). Prepare here, then run once:
+# Everything this project still needs a GPU for, as one command for one GPU machine (one H100 or
+# H200, about 10 minutes; a bare machine with torch, triton, transformers, accelerate and peft but
+# no `datasets` and no network is enough). Prepare on a machine with network access, then run:
 #
 #   make gpu-wheels                        # datasets, dill, multiprocess wheels into .whl/ (ignored)
-#   device run: command "bash bench/gpu_session.sh", carry [".whl"], timeout_s 570
+#   bash bench/gpu_session.sh              # on the GPU machine, with .whl/ copied next to it
 #
-# then copy what comes back into bench/results/ and commit it. Each step has its own time limit
+# then copy the results folder into bench/results/ and commit it. Each step has its own time limit
 # and writes its results as it goes, so a step that overruns still leaves the earlier ones (and
 # attention_gpu.json keeps every measurement made before a cut).
 #
 # Steps (in priority order):
 #   1. the GPU tests of the Triton and FlexAttention kernels (compiled, bf16)  -> gpu_tests.xml
-#   2. bench/attention_gpu.py (issue 4's figures: attention, decode, 125M training)
+#   2. bench/attention_gpu.py (attention speed and memory vs SDPA, decoding, 125M training tokens/s)
 #                                                           -> attention_gpu.json, attention_gpu.png
-#   3. bench/train_gpu.py (issue 5's figure: the 125M recipe at L = 4096)  -> train_gpu.json
-# The session log (versions, nvidia-smi, every step's output) is session.log.
-# Environment: OUT (results folder; the device tool sets it), STEP_LIMITS="tests attention train"
+#   3. bench/train_gpu.py (the 125M recipe at L = 4096: tokens/s and peak memory)  -> train_gpu.json
+# The run's log (versions, nvidia-smi, every step's output) is session.log.
+# Environment: OUT (results folder, default bench/results/gpu_session), STEP_LIMITS="tests attention train"
 # in seconds (default "90 300 150").
 set -u
 OUT=${OUT:-bench/results/gpu_session}

@@ -121,7 +121,7 @@ def log_n_scale(positions: torch.Tensor, train_length: int) -> torch.Tensor:
 
     Returns:
         float32 tensor of ``positions``' shape; multiply q_m by it before attention
-        (docs/METHOD.md, Sec. 4: 1 inside the training length, growing slowly past it).
+        (docs/METHOD.md, Sec. 1: 1 inside the training length, growing slowly past it).
     """
     if train_length < 2:
         raise ValueError(f"train_length must be >= 2 for log-n scaling, got {train_length!r}.")

@@ -30,7 +30,7 @@ POSITION_METHODS = ("wavelet", "alibi", "nope")
 
 @dataclass(frozen=True)
 class WavePosConfig:
-    """Validated description of a wavelet positional representation (METHOD.md, Eq. 10-14).
+    """Validated description of a wavelet positional representation (docs/METHOD.md, Eq. 10-14).
 
     Invalid values raise ``ValueError`` naming the field and the allowed values. The head
     dimension is not part of the config (one config serves any model); check a config against
@@ -125,7 +125,7 @@ class WavePosConfig:
             )
         if self.wavelet == "haar" and self.sign_convention == "m-n" and self.method == "wavelet":
             warnings.warn(
-                "wavelet='haar' is the Haar reflected to t < 0 (METHOD.md Sec. 2, the paper's appendix, which "
+                "wavelet='haar' is the Haar reflected to t < 0 (docs/METHOD.md, Sec. 1: the paper's appendix, which "
                 "writes relative positions as 0, -1, -2, ...). With sign_convention='m-n' (t = (r - b) / a, r >= 0) "
                 "it is non-zero only at distances r < b, at most shifts_per_scale - 1 tokens, so the model gets "
                 "almost no position information; use sign_convention='n-m'.",
@@ -245,7 +245,7 @@ PRESETS: dict[str, WavePosConfig] = {
     "oka2025": WavePosConfig(),
     # The paper's long-context setting (L_train 4096): scales 2^2..2^9.
     "oka2025-4k": WavePosConfig(scale_base_exponent=2),
-    # Best in the project's calibration (METHOD.md, Sec. 4): 16 scales + log-n query scaling.
+    # Best in the project's calibration (docs/METHOD.md, Sec. 4): 16 scales + log-n query scaling.
     # train_length defaults to the calibration's 512; override it for other training lengths.
     "long": WavePosConfig(num_scales=16, log_n_scaling=True, train_length=512),
     # Peers, for comparisons in the same machinery.

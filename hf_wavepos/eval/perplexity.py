@@ -1,6 +1,6 @@
 """Perplexity against context length, for any Hugging Face causal LM object.
 
-Two protocols (METHOD.md; the paper's main protocol is the first):
+Two protocols (docs/METHOD.md, Sec. 3; the paper's main protocol is the first):
 
 - ``"full"`` (full sequence): for each length L, the first L tokens of every document that has
   at least L tokens go through the model in one forward pass; the negative log-likelihood (NLL)

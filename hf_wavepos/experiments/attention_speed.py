@@ -9,7 +9,7 @@ Forward + backward at one length, as ratios measured in one run (interleaved rep
 Peak memory is the growth of the process's peak RSS (Linux VmHWM, reset just before) during one
 forward + backward, in a fresh subprocess per (method, preset) so earlier runs do not hide it.
 
-    python bench/attention_cpu.py                       # issue defaults: L=2048, H=8, D=64, 2 threads
+    python bench/attention_cpu.py                       # defaults: L=2048, H=8, D=64, 2 threads
     python bench/attention_cpu.py --length 4096 --out /tmp/x.json
 
 (bench/attention_cpu.py runs `main` of this module; `wavepos demo` uses `run_cpu_benchmark`.)

@@ -24,7 +24,7 @@ from pathlib import Path
 from hf_wavepos.experiments.extrapolation import ExtrapolationConfig, run_extrapolation
 
 # RoPE vs wavelet `long`; L_train 64; 2000 steps x 8 blocks (~2.5 min a model on 2 cores); perplexity
-# on 40 held-out files (as METHOD.md's calibration). Heads of size 16 (4 x 16 = 64 < hidden 128).
+# on 40 held-out files (as the calibration in docs/METHOD.md, Sec. 4). Heads of size 16 (4 x 16 = 64 < hidden 128).
 # The settings measured before choosing these are in bench/results/extrapolation_cpu_runs/README.md.
 DEMO = ExtrapolationConfig(methods=("rope", "long"), steps=2000, global_batch_size=8, head_dim=16, eval_documents=40)
 QUICK = ExtrapolationConfig(

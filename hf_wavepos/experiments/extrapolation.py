@@ -61,7 +61,7 @@ class ExtrapolationConfig:
     intermediate_size: int = 384
     train_documents: int | None = 600
     heldout_documents: int = 60
-    eval_documents: int = 40  # METHOD.md's calibration scores 40 held-out long files
+    eval_documents: int = 40  # the calibration (docs/METHOD.md, Sec. 4) scores 40 held-out long files
     length_multiples: tuple[float, ...] = (1, 2, 4, 8, 16)
     seed: int = 0
     threads: int | None = 2
