@@ -21,7 +21,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 CORE_MODULES = (
     "basis.py",
     "config.py",
-    "attention/inputs.py",
+    "attention/contract.py",
     "attention/reference.py",
     "attention/chunked.py",
     "attention/dispatch.py",
