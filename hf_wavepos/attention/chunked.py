@@ -32,11 +32,12 @@ the H query heads as (Hkv, G) and broadcasting keys across G.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from typing import Any
 
 import torch
 
-from hf_wavepos.attention.inputs import AttentionShape, alibi_bias, check_attention_inputs, visible_keys
+from hf_wavepos.attention.contract import AttentionCall, alibi_bias, attention_call, visible_keys
 
 DEFAULT_CHUNK_SIZE = None  # adaptive: see `auto_chunk_size`
 CHUNK_ELEMENTS = 1 << 19  # logits per chunk (all heads) the adaptive size aims for: 2 MiB in float32
@@ -81,13 +82,14 @@ def _keys_with_table(k: torch.Tensor, table: torch.Tensor, rows: int) -> torch.T
 class _Chunk:
     """Index bookkeeping of one query chunk (see the module docstring)."""
 
-    def __init__(self, start: int, stop: int, shape: AttentionShape, rows: int, support: int):
+    def __init__(self, start: int, stop: int, call: AttentionCall, support: int):
         self.start, self.stop = start, stop
         self.size = stop - start
-        first, last = shape.q_offset + start, shape.q_offset + stop - 1  # m0, m1
-        self.keys = min(shape.k_len, last + 1)  # K
+        first, last = call.q_offset + start, call.q_offset + stop - 1  # m0, m1
+        self.keys = min(call.k_len, last + 1)  # K
         self.band_start = min(max(0, first - support + 1), self.keys)  # kb
         self.width = last - self.band_start + 2  # W: distances 0..m1-kb plus the zero column
+        rows = call.rows
         first_row = rows - (last - self.band_start + 1)  # P_rev row of distance m1 - kb
         self.kp_rows = slice(first_row, rows + 1 + self.keys)
         self.positions = torch.arange(first, last + 1)
@@ -103,21 +105,7 @@ class _Chunk:
         return s.as_strided(size, stride, s.storage_offset() + self.size - 1)
 
 
-@dataclass(frozen=True)
-class _Masks:
-    """The optional inputs of one call besides q, k, v and the table (see inputs.py)."""
-
-    key_padding_mask: torch.Tensor | None = None
-    document_ids: torch.Tensor | None = None
-    attn_mask: torch.Tensor | None = None
-    alibi_slopes: torch.Tensor | None = None
-
-    @property
-    def rows_may_be_empty(self) -> bool:
-        return not (self.key_padding_mask is None and self.document_ids is None and self.attn_mask is None)
-
-
-def _chunk_logits(qs5, kp, chunk: _Chunk, shape: AttentionShape, masks: _Masks, cdt):
+def _chunk_logits(qs5, kp, chunk: _Chunk, call: AttentionCall, cdt):
     """Masked logits (B, Hkv, G, c, K) in the compute dtype, the scaled queries and keys used."""
     q_c = qs5[:, :, :, chunk.start : chunk.stop]  # (B, Hkv, G, c, D), already scaled
     kp_c = kp[:, :, None, chunk.kp_rows]  # (B, Hkv, 1, W + K, D)
@@ -125,19 +113,19 @@ def _chunk_logits(qs5, kp, chunk: _Chunk, shape: AttentionShape, masks: _Masks, 
     logits = s[..., chunk.width :].to(cdt, copy=True)  # content: q_i . k_n
     logits[..., chunk.band_start :] += chunk.skew_view(s)  # + q_i . p[m_i - n]
     positions = chunk.positions.to(qs5.device)
-    if masks.alibi_slopes is not None:
-        bias = alibi_bias(positions, chunk.keys, masks.alibi_slopes.to(cdt))  # (H, c, K)
-        logits += bias.view(shape.kv_heads, shape.groups, chunk.size, chunk.keys)
-    if not masks.rows_may_be_empty:
+    if call.alibi_slopes is not None:
+        bias = alibi_bias(positions, chunk.keys, call.alibi_slopes.to(cdt))  # (H, c, K)
+        logits += bias.view(call.kv_heads, call.groups, chunk.size, chunk.keys)
+    if not call.rows_may_be_empty:
         # Only the diagonal block has future keys.
-        first = shape.q_offset + chunk.start
+        first = call.q_offset + chunk.start
         if first < chunk.keys:
             n = torch.arange(first, chunk.keys, device=qs5.device)
             future = n[None, :] > positions[:, None]  # (c, K - m0)
             logits[..., first:].masked_fill_(future, float("-inf"))
     else:
-        rows = None if masks.attn_mask is None else masks.attn_mask[:, :, chunk.start : chunk.stop]
-        visible = visible_keys(positions, chunk.keys, masks.key_padding_mask, masks.document_ids, rows)
+        rows = None if call.attn_mask is None else call.attn_mask[:, :, chunk.start : chunk.stop]
+        visible = visible_keys(positions, chunk.keys, call.key_padding_mask, call.document_ids, rows)
         logits.masked_fill_(~visible[:, :, None], float("-inf"))  # (B|1, 1, 1, c, K)
     return logits, q_c, kp_c
 
@@ -149,45 +137,45 @@ def _probabilities(logits: torch.Tensor, masked_rows_possible: bool) -> torch.Te
 
 
 class _ChunkedWavePosAttention(torch.autograd.Function):
+    """Autograd of one call: q, k, v are the call's (contiguous, float32 or float64) tensors."""
+
     @staticmethod
-    def forward(ctx, q, k, v, table, shape, masks, chunk_size):
+    def forward(ctx, q, k, v, call: AttentionCall, chunk_size: int):
         B, H, Lq, D = q.shape
-        G, cdt = shape.groups, _compute_dtype(q.dtype)
-        rows = shape.q_offset + Lq
-        support = table_support(table[:rows], 0.0 if cdt == torch.float64 else BAND_CUTOFF)
-        qs5 = (q * shape.scaling).view(B, shape.kv_heads, G, Lq, D)
-        kp = _keys_with_table(k, table, rows)
-        out = q.new_empty(B, shape.kv_heads, G, Lq, D)
+        G, cdt = call.groups, _compute_dtype(q.dtype)
+        support = table_support(call.table[: call.rows], 0.0 if cdt == torch.float64 else BAND_CUTOFF)
+        qs5 = (q * call.scaling).view(B, call.kv_heads, G, Lq, D)
+        kp = _keys_with_table(k, call.table, call.rows)
+        out = q.new_empty(B, call.kv_heads, G, Lq, D)
         for start in range(0, Lq, chunk_size):
-            chunk = _Chunk(start, min(start + chunk_size, Lq), shape, rows, support)
-            logits, _, _ = _chunk_logits(qs5, kp, chunk, shape, masks, cdt)
-            probs = _probabilities(logits, masks.rows_may_be_empty)  # (B, Hkv, G, c, K)
+            chunk = _Chunk(start, min(start + chunk_size, Lq), call, support)
+            logits, _, _ = _chunk_logits(qs5, kp, chunk, call, cdt)
+            probs = _probabilities(logits, call.rows_may_be_empty)  # (B, Hkv, G, c, K)
             v_c = v[:, :, None, : chunk.keys]  # (B, Hkv, 1, K, D)
             out[:, :, :, chunk.start : chunk.stop] = torch.matmul(probs.to(v.dtype), v_c)
-        ctx.save_for_backward(q, k, v, table, out)
-        ctx.shape, ctx.masks, ctx.chunk_size, ctx.support = shape, masks, chunk_size, support
+        ctx.save_for_backward(q, k, v, call.table, out)
+        ctx.call, ctx.chunk_size, ctx.support = call, chunk_size, support
         return out.view(B, H, Lq, D)
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, table, out = ctx.saved_tensors
-        shape, masks, chunk_size = ctx.shape, ctx.masks, ctx.chunk_size
+        call, chunk_size = ctx.call, ctx.chunk_size
         B, H, Lq, D = q.shape
-        Hkv, G, cdt = shape.kv_heads, shape.groups, _compute_dtype(q.dtype)
-        rows = shape.q_offset + Lq
-        qs5 = (q * shape.scaling).view(B, Hkv, G, Lq, D)
+        Hkv, G, cdt = call.kv_heads, call.groups, _compute_dtype(q.dtype)
+        qs5 = (q * call.scaling).view(B, Hkv, G, Lq, D)
         do5 = grad_out.reshape(B, Hkv, G, Lq, D)
-        kp = _keys_with_table(k, table, rows)
+        kp = _keys_with_table(k, table, call.rows)
         delta = (do5.to(cdt) * out.to(cdt)).sum(-1)  # (B, Hkv, G, Lq): rowsum(dO * O)
         dq = torch.empty(B, Hkv, G, Lq, D, dtype=q.dtype, device=q.device)
-        dk = torch.zeros(B, Hkv, shape.k_len, D, dtype=cdt, device=q.device)
+        dk = torch.zeros(B, Hkv, call.k_len, D, dtype=cdt, device=q.device)
         dv = torch.zeros_like(dk)
         for start in range(0, Lq, chunk_size):
-            chunk = _Chunk(start, min(start + chunk_size, Lq), shape, rows, ctx.support)
+            chunk = _Chunk(start, min(start + chunk_size, Lq), call, ctx.support)
             c, K = chunk.size, chunk.keys
             sl = slice(chunk.start, chunk.stop)
-            logits, qs_c, kp_c = _chunk_logits(qs5, kp, chunk, shape, masks, cdt)
-            probs = _probabilities(logits, masks.rows_may_be_empty)  # recomputed, (B, Hkv, G, c, K)
+            logits, qs_c, kp_c = _chunk_logits(qs5, kp, chunk, call, cdt)
+            probs = _probabilities(logits, call.rows_may_be_empty)  # recomputed, (B, Hkv, G, c, K)
             do_c = do5[:, :, :, sl]  # (B, Hkv, G, c, D)
             v_c = v[:, :, None, :K]
             dp = torch.matmul(do_c, v_c.transpose(-1, -2)).to(cdt)  # (B, Hkv, G, c, K)
@@ -203,8 +191,37 @@ class _ChunkedWavePosAttention(torch.autograd.Function):
             dk[:, :, :K] += torch.matmul(ds_t, qs_c.reshape(B, Hkv, G * c, D)).to(cdt)
             p_t = probs.to(q.dtype).reshape(B, Hkv, G * c, K).transpose(-1, -2)
             dv[:, :, :K] += torch.matmul(p_t, do_c.reshape(B, Hkv, G * c, D)).to(cdt)
-        dq = dq.view(B, H, Lq, D) * shape.scaling
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None, None, None
+        dq = dq.view(B, H, Lq, D) * call.scaling
+        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
+
+
+def chunked_backend(call: AttentionCall, chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
+    """Memory-bounded wavelet attention (Eq. 10) of one validated call, with autograd.
+
+    Args:
+        call: the validated call; (B, H, Lq, D) in q's dtype comes back, rows that see no key zero.
+        chunk_size: queries per chunk (None: `auto_chunk_size`); peak memory is O(chunk_size x Lk)
+            per head.
+
+    Raises:
+        ValueError: if chunk_size is not a positive integer or None.
+    """
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(call.batch, call.heads, call.q_len, call.k_len)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
+    if call.q_len == 0:
+        return call.q.new_zeros(call.q.shape)
+    # Half precisions are computed in float32 and rounded once at the end: on CPU that is no
+    # slower, and every intermediate (logits, dS, dq) keeps float32 accuracy.
+    half = call.q.dtype in (torch.float16, torch.bfloat16)
+    q, k, v, table = (t.float() if half else t for t in (call.q, call.k, call.v, call.table.detach()))
+    slopes = None if call.alibi_slopes is None else call.alibi_slopes.detach()
+    work = dataclasses.replace(
+        call, q=q.contiguous(), k=k.contiguous(), v=v.contiguous(), table=table, alibi_slopes=slopes
+    )
+    out = _ChunkedWavePosAttention.apply(work.q, work.k, work.v, work, chunk_size)
+    return out.to(call.q.dtype)
 
 
 def chunked_attention(
@@ -213,54 +230,10 @@ def chunked_attention(
     v: torch.Tensor,
     table: torch.Tensor,
     *,
-    scaling: float | None = None,
-    q_offset: int | torch.Tensor = 0,
-    key_padding_mask: torch.Tensor | None = None,
-    document_ids: torch.Tensor | None = None,
-    attn_mask: torch.Tensor | None = None,
-    alibi_slopes: torch.Tensor | None = None,
     chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    **contract: Any,
 ) -> torch.Tensor:
-    """Memory-bounded wavelet attention (Eq. 10) with autograd; see the module docstring.
-
-    Args:
-        q: (B, H, Lq, D) queries without rotary embedding.
-        k, v: (B, Hkv, Lk, D), H a multiple of Hkv.
-        table: (R, D), R >= q_offset + Lq, row r = p[r]. It receives no gradient.
-        scaling: logit scale, default 1/sqrt(D).
-        q_offset: absolute position of the first query (KV-cache length before it).
-        key_padding_mask: (B, Lk) bool, True for real tokens.
-        document_ids: (B, Lk) ints for packed documents.
-        attn_mask: (B|1, 1, Lq, Lk) bool, True where a key may be attended (AND with causal).
-        alibi_slopes: (H,) ALiBi slopes: adds -slope_h * (m - n) to the scaled logit.
-        chunk_size: queries per chunk (None: `auto_chunk_size`); peak memory is O(chunk_size x Lk)
-            per head.
-
-    Returns:
-        (B, H, Lq, D) in q's dtype; rows that see no key are zero.
-    """
-    shape = check_attention_inputs(
-        q, k, v, table, scaling=scaling, q_offset=q_offset,
-        key_padding_mask=key_padding_mask, document_ids=document_ids,
-        attn_mask=attn_mask, alibi_slopes=alibi_slopes,
-    )
-    if chunk_size is None:
-        chunk_size = auto_chunk_size(shape.batch, shape.heads, shape.q_len, shape.k_len)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
-    if q.shape[2] == 0:
-        return q.new_zeros(q.shape)
-    if q.dtype in (torch.float16, torch.bfloat16):
-        # Half precisions are computed in float32 and rounded once at the end: on CPU that is no
-        # slower, and every intermediate (logits, dS, dq) keeps float32 accuracy.
-        out = _ChunkedWavePosAttention.apply(
-            q.float().contiguous(), k.float().contiguous(), v.float().contiguous(), table.detach().float(), shape,
-            _Masks(key_padding_mask, document_ids, attn_mask, None if alibi_slopes is None else alibi_slopes.detach()),
-            chunk_size,
-        )
-        return out.to(q.dtype)
-    return _ChunkedWavePosAttention.apply(
-        q.contiguous(), k.contiguous(), v.contiguous(), table.detach(), shape,
-        _Masks(key_padding_mask, document_ids, attn_mask, None if alibi_slopes is None else alibi_slopes.detach()),
-        chunk_size,
-    )
+    """The ``chunked`` backend called directly: arguments, result and errors as
+    `hf_wavepos.wavepos_attention` (the contract: `hf_wavepos.attention.contract.AttentionCall`),
+    plus ``chunk_size`` of `chunked_backend`."""
+    return chunked_backend(attention_call(q, k, v, table, **contract), chunk_size)

@@ -1,6 +1,7 @@
 """The one place where an attention backend is chosen.
 
-`wavepos_attention` validates the call once and hands it to a backend from a registry:
+`wavepos_attention` validates the call once (`hf_wavepos.attention.contract.attention_call`) and
+hands the resulting `AttentionCall` to a backend from a registry; a backend is ``fn(call)``:
 
     reference  materialised, exact in float64 (tests, ``attn_implementation="eager"``)
     chunked    query-chunked, O(chunk x Lk) memory, recomputing backward (CPU default)
@@ -15,25 +16,27 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
-from hf_wavepos.attention.chunked import chunked_attention
-from hf_wavepos.attention.reference import reference_attention
+from hf_wavepos.attention.chunked import chunked_backend
+from hf_wavepos.attention.contract import AttentionCall, attention_call
+from hf_wavepos.attention.reference import reference_backend
 
-AttentionFn = Callable[..., torch.Tensor]
+BackendFn = Callable[[AttentionCall], torch.Tensor]
+OPTIONAL_INPUTS = ("attn_mask", "alibi_slopes")
 
 
 @dataclass(frozen=True)
 class Backend:
-    """A registered backend: ``fn`` has `wavepos_attention`'s signature; ``supports(device)``.
+    """A registered backend: ``fn(call)`` computes one validated call; ``supports(device)``.
 
-    ``accepts`` names the optional arguments (``attn_mask``, ``alibi_slopes``) it implements.
+    ``accepts`` names the optional inputs (``attn_mask``, ``alibi_slopes``) it implements.
     """
 
     name: str
-    fn: AttentionFn
+    fn: BackendFn
     supports: Callable[[torch.device], bool]
     priority: int
     accepts: frozenset[str] = frozenset()
@@ -45,7 +48,7 @@ _OVERRIDE: contextvars.ContextVar[str | None] = contextvars.ContextVar("wavepos_
 
 def register_backend(
     name: str,
-    fn: AttentionFn,
+    fn: BackendFn,
     *,
     supports: Callable[[torch.device], bool],
     priority: int = 0,
@@ -54,14 +57,23 @@ def register_backend(
 ) -> None:
     """Register an attention backend; the supported one with the highest priority is the default.
 
-    ``accepts`` lists which optional arguments (``attn_mask``, ``alibi_slopes``) ``fn`` takes;
-    calls using others are refused with an error naming the backends that can serve them.
+    Args:
+        name: registry key, the value of ``backend=`` and `use_backend`.
+        fn: ``fn(call: AttentionCall) -> (B, H, Lq, D)``; it receives validated inputs only.
+        supports: ``supports(device) -> bool``, where the backend can run.
+        priority: the default on a device is its supported backend with the highest priority.
+        accepts: which optional inputs (``attn_mask``, ``alibi_slopes``) ``fn`` implements;
+            calls using others are refused with an error naming the backends that can serve them.
+        overwrite: allow replacing an existing entry.
 
     Raises:
-        ValueError: ``name`` is already registered and ``overwrite`` is False.
+        ValueError: if ``name`` is taken (and not ``overwrite``) or ``accepts`` names an unknown input.
     """
     if name in _BACKENDS and not overwrite:
         raise ValueError(f"attention backend {name!r} is already registered; pass overwrite=True to replace it.")
+    unknown = sorted(set(accepts) - set(OPTIONAL_INPUTS))
+    if unknown:
+        raise ValueError(f"accepts names unknown inputs {unknown}; allowed values: {', '.join(OPTIONAL_INPUTS)}.")
     _BACKENDS[name] = Backend(name, fn, supports, priority, frozenset(accepts))
 
 
@@ -82,18 +94,8 @@ def default_backend(device: torch.device | str) -> str:
     return names[0]
 
 
-@contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
-    """Force ``name`` for every `wavepos_attention` call in this block (and this context)."""
-    _check_name(name)
-    token = _OVERRIDE.set(name)
-    try:
-        yield
-    finally:
-        _OVERRIDE.reset(token)
-
-
-def _check_name(name: str) -> Backend:
+def get_backend(name: str) -> Backend:
+    """The registry entry for ``name``; ValueError listing the registered names otherwise."""
     try:
         return _BACKENDS[name]
     except KeyError:
@@ -102,19 +104,25 @@ def _check_name(name: str) -> Backend:
         ) from None
 
 
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force ``name`` for every `wavepos_attention` call in this block (and this context)."""
+    get_backend(name)
+    token = _OVERRIDE.set(name)
+    try:
+        yield
+    finally:
+        _OVERRIDE.reset(token)
+
+
 def wavepos_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     table: torch.Tensor,
     *,
-    scaling: float | None = None,
-    q_offset: int | torch.Tensor = 0,
-    key_padding_mask: torch.Tensor | None = None,
-    document_ids: torch.Tensor | None = None,
-    attn_mask: torch.Tensor | None = None,
-    alibi_slopes: torch.Tensor | None = None,
     backend: str | None = None,
+    **contract: Any,
 ) -> torch.Tensor:
     """Causal attention with the wavelet relative term, e = (q.k + q.p[m-n]) * scaling (Eq. 10).
 
@@ -122,43 +130,43 @@ def wavepos_attention(
         q: (B, H, Lq, D) queries (no rotary embedding).
         k, v: (B, Hkv, Lk, D); H must be a multiple of Hkv (grouped-query attention).
         table: (R, D), R >= q_offset + Lq: p[r] from `hf_wavepos.basis.wavelet_table`.
-        scaling: logit scale, default 1/sqrt(D).
-        q_offset: absolute position of query 0, i.e. the number of cached keys before it;
-            Lq = 1 with q_offset = Lk - 1 is one decoding step.
-        key_padding_mask: (B, Lk) bool, True for real tokens (left padding, static caches).
-        document_ids: (B, Lk) ints; queries attend only to keys of their own document.
-        attn_mask: (B|1, 1, Lq, Lk) bool, any further visibility rule (True = may attend);
-            O(Lq x Lk) memory, so prefer the compact masks above where they suffice.
-        alibi_slopes: (H,) ALiBi slopes (the peer method): adds -slope_h * (m - n).
         backend: force a backend by name; default: `use_backend` if active, else the best
             backend for q's device.
+        **contract: the optional keywords of the contract, each documented on
+            `hf_wavepos.attention.contract.AttentionCall`: ``scaling`` (default 1/sqrt(D)),
+            ``q_offset`` (cached keys before query 0), ``key_padding_mask`` (B, Lk) bool,
+            ``document_ids`` (B, Lk) ints, ``attn_mask`` (B|1, 1, Lq, Lk) bool, ``alibi_slopes`` (H,).
 
     Returns:
-        (B, H, Lq, D) in q's dtype.
+        (B, H, Lq, D) in q's dtype; rows that see no key are zero.
+
+    Raises:
+        ValueError: for invalid inputs (naming the argument and the fix), an unknown backend, or
+            a backend that does not run on q's device or lacks an optional input the call uses.
     """
-    name = backend or _OVERRIDE.get() or default_backend(q.device)
-    chosen = _check_name(name)
-    if not chosen.supports(q.device):
+    call = attention_call(q, k, v, table, **contract)
+    return _choose(backend, call).fn(call)
+
+
+def _choose(backend: str | None, call: AttentionCall) -> Backend:
+    """The backend that serves ``call``: forced by name or `use_backend`, else the device default."""
+    device = call.q.device
+    name = backend or _OVERRIDE.get() or default_backend(device)
+    chosen = get_backend(name)
+    if not chosen.supports(device):
         raise ValueError(
-            f"attention backend {name!r} does not support device {q.device}; available there: "
-            f"{', '.join(available_backends(q.device))}."
+            f"attention backend {name!r} does not support device {device}; available there: "
+            f"{', '.join(available_backends(device))}."
         )
-    optional = {"attn_mask": attn_mask, "alibi_slopes": alibi_slopes}
-    extra = {key: value for key, value in optional.items() if value is not None}
-    unsupported = sorted(set(extra) - chosen.accepts)
+    unsupported = sorted(set(call.optional_inputs()) - chosen.accepts)
     if unsupported:
-        able = [b.name for b in _BACKENDS.values() if set(extra) <= b.accepts]
+        able = [b.name for b in _BACKENDS.values() if set(call.optional_inputs()) <= b.accepts]
         raise ValueError(
             f"attention backend {name!r} does not support {', '.join(unsupported)}; backends that do: "
             f"{', '.join(able)}."
         )
-    return chosen.fn(
-        q, k, v, table, scaling=scaling, q_offset=q_offset,
-        key_padding_mask=key_padding_mask, document_ids=document_ids, **extra,
-    )
+    return chosen
 
 
-OPTIONAL_INPUTS = ("attn_mask", "alibi_slopes")
-register_backend("reference", reference_attention, supports=lambda device: True, priority=0, accepts=OPTIONAL_INPUTS)
-register_backend("chunked", chunked_attention, supports=lambda device: True, priority=10, accepts=OPTIONAL_INPUTS)
-
+register_backend("reference", reference_backend, supports=lambda device: True, priority=0, accepts=OPTIONAL_INPUTS)
+register_backend("chunked", chunked_backend, supports=lambda device: True, priority=10, accepts=OPTIONAL_INPUTS)

@@ -1,6 +1,6 @@
 """FlexAttention backend: the wavelet term as a ``score_mod`` over a band of distances (GPU).
 
-Algorithm (Eq. 10 with the contract of `hf_wavepos.attention.inputs`):
+Algorithm (Eq. 10 with the contract of `hf_wavepos.attention.contract`):
 
 1. Band. R = one more than the largest distance whose table row has an entry >= 1e-6
    (`chunked.table_support`, over the distances that occur, 0 .. q_offset + Lq - 1; float64
@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import functools
 import weakref
+from typing import Any
 
 import torch
 
 from hf_wavepos.attention.chunked import BAND_CUTOFF, table_support
-from hf_wavepos.attention.inputs import check_attention_inputs
+from hf_wavepos.attention.contract import AttentionCall, attention_call
 
 FLEX_MAX_BAND = 4096
 """Largest band R (distances with a significant table row) the flex backend accepts."""
@@ -113,46 +114,20 @@ def _block_mask(batch, q_len, k_len, q_offset, key_padding_mask, document_ids, a
     return block_mask
 
 
-def flex_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    table: torch.Tensor,
-    *,
-    scaling: float | None = None,
-    q_offset: int | torch.Tensor = 0,
-    key_padding_mask: torch.Tensor | None = None,
-    document_ids: torch.Tensor | None = None,
-    attn_mask: torch.Tensor | None = None,
-    alibi_slopes: torch.Tensor | None = None,
-    max_band: int = FLEX_MAX_BAND,
-) -> torch.Tensor:
-    """Wavelet attention (Eq. 10) through FlexAttention; see the module docstring.
+def flex_backend(call: AttentionCall, max_band: int = FLEX_MAX_BAND) -> torch.Tensor:
+    """Wavelet attention (Eq. 10) of one validated call through FlexAttention (module docstring).
 
     Args:
-        q: (B, H, Lq, D) queries without rotary embedding.
-        k, v: (B, Hkv, Lk, D), H a multiple of Hkv.
-        table: (R_table, D), R_table >= q_offset + Lq, row r = p[r]; no gradient.
-        scaling: logit scale, default 1/sqrt(D).
-        q_offset: absolute position of the first query (KV-cache length before it).
-        key_padding_mask: (B, Lk) bool, True for real tokens.
-        document_ids: (B, Lk) ints for packed documents.
-        attn_mask: (B|1, 1, Lq, Lk) bool, True where a key may be attended (AND with causal).
-        alibi_slopes: (H,) ALiBi slopes (peer method): adds -slope_h * (m - n) to the scaled logit.
-        max_band: refuse (ValueError) when the table's band R exceeds it.
+        call: the validated call; (B, H, Lq, D) in q's dtype comes back, rows that see no key zero.
+        max_band: refuse when the table's band R exceeds it.
 
-    Returns:
-        (B, H, Lq, D) in q's dtype; rows that see no key are zero.
+    Raises:
+        ValueError: when the band R exceeds ``max_band`` (naming the backends that serve it).
     """
-    shape = check_attention_inputs(
-        q, k, v, table, scaling=scaling, q_offset=q_offset, key_padding_mask=key_padding_mask,
-        document_ids=document_ids, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
-    )
-    B, H, Lq, D = q.shape
+    q, Lq, off = call.q, call.q_len, call.q_offset
     if Lq == 0:
         return q.new_zeros(q.shape)
-    off = shape.q_offset
-    band = positional_band(table, off + Lq, q.dtype)
+    band = positional_band(call.table, call.rows, q.dtype)
     if band > max_band:
         raise ValueError(
             f"the flex backend adds q . p[r] from a (Lq, band) tensor, and this table's band is "
@@ -162,10 +137,10 @@ def flex_attention(
             f"{band} to accept O(Lq x {band}) memory."
         )
     band = max(band, 1)
-    qp = q @ table[:band].detach().to(q.dtype).T  # (B, H, Lq, band); gradient flows to q
-    scale = shape.scaling
+    qp = q @ call.table[:band].detach().to(q.dtype).T  # (B, H, Lq, band); gradient flows to q
+    scale = call.scaling
     offset = torch.tensor(off, device=q.device)
-    slopes = None if alibi_slopes is None else alibi_slopes.detach().to(torch.float32)
+    slopes = None if call.alibi_slopes is None else call.alibi_slopes.detach().to(torch.float32)
 
     def score_mod(score, b, h, q_idx, kv_idx):
         r = q_idx + offset - kv_idx  # the distance m - n
@@ -176,9 +151,26 @@ def flex_attention(
             score = score - (slopes[h] * r).to(score.dtype)
         return score
 
-    block_mask = _block_mask(B, Lq, shape.k_len, off, key_padding_mask, document_ids, attn_mask, q.device)
+    block_mask = _block_mask(
+        call.batch, Lq, call.k_len, off, call.key_padding_mask, call.document_ids, call.attn_mask, q.device
+    )
     run = _compiled_flex_attention() if q.device.type == "cuda" else _flex_module().flex_attention
     return run(
-        q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale,
-        enable_gqa=shape.kv_heads != H,
+        q, call.k, call.v, score_mod=score_mod, block_mask=block_mask, scale=scale,
+        enable_gqa=call.kv_heads != call.heads,
     )
+
+
+def flex_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    table: torch.Tensor,
+    *,
+    max_band: int = FLEX_MAX_BAND,
+    **contract: Any,
+) -> torch.Tensor:
+    """The ``flex`` backend called directly: arguments, result and errors as
+    `hf_wavepos.wavepos_attention` (the contract: `hf_wavepos.attention.contract.AttentionCall`),
+    plus ``max_band`` of `flex_backend`."""
+    return flex_backend(attention_call(q, k, v, table, **contract), max_band)

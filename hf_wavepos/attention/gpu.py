@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from hf_wavepos.attention.contract import AttentionCall
 from hf_wavepos.attention.dispatch import OPTIONAL_INPUTS, register_backend
 
 
@@ -23,16 +24,16 @@ def _cuda_and_importable(module: str) -> Callable[[torch.device], bool]:
     return lambda device: device.type == "cuda" and importable
 
 
-def _triton_backend(*args, **kwargs) -> torch.Tensor:
-    from hf_wavepos.attention.triton import triton_attention
+def _triton_backend(call: AttentionCall) -> torch.Tensor:
+    from hf_wavepos.attention.triton import triton_backend
 
-    return triton_attention(*args, **kwargs)
+    return triton_backend(call)
 
 
-def _flex_backend(*args, **kwargs) -> torch.Tensor:
-    from hf_wavepos.attention.flex import flex_attention
+def _flex_backend(call: AttentionCall) -> torch.Tensor:
+    from hf_wavepos.attention.flex import flex_backend
 
-    return flex_attention(*args, **kwargs)
+    return flex_backend(call)
 
 
 register_backend("triton", _triton_backend, supports=_cuda_and_importable("triton"), priority=30, accepts=OPTIONAL_INPUTS)

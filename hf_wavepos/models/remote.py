@@ -24,7 +24,7 @@ CORE_MODULES = (
     "wavelets.py",
     "config.py",
     "basis.py",
-    "attention/inputs.py",
+    "attention/contract.py",
     "attention/reference.py",
     "attention/chunked.py",
     "attention/dispatch.py",

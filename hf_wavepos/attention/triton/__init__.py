@@ -41,8 +41,9 @@ three pieces of structure:
 Decoding (few queries over a long cache, no gradient) uses a split-K kernel with a positional
 *window* per key tile instead of carried blocks; see `decode`.
 
-Entry points: `triton_attention` (the ``triton`` backend of `hf_wavepos.wavepos_attention`,
-autograd through ``torch.library`` custom ops, so ``torch.compile`` sees one opaque op) and
+Entry points: `triton_backend` (the ``triton`` backend of `hf_wavepos.wavepos_attention`: it
+takes the validated `AttentionCall`; autograd through ``torch.library`` custom ops, so
+``torch.compile`` sees one opaque op), its direct-call wrapper `triton_attention`, and
 `triton_decode_attention`. Supported: float16 / bfloat16 / float32, any head size (padded to
 a power of two >= 16), causal, grouped-query attention, key padding, packed documents, query
 offsets (KV caches, static caches). Kernels run on CUDA; with ``TRITON_INTERPRET=1`` set before
@@ -58,6 +59,7 @@ from hf_wavepos.attention.triton.ops import (
     interpreter_ready,
     interpreting,
     triton_attention,
+    triton_backend,
     triton_decode_attention,
 )
 
@@ -67,5 +69,6 @@ __all__ = [
     "interpreter_ready",
     "interpreting",
     "triton_attention",
+    "triton_backend",
     "triton_decode_attention",
 ]

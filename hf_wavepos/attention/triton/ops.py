@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import astuple, dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
-from hf_wavepos.attention.inputs import check_attention_inputs
+from hf_wavepos.attention.contract import AttentionCall, attention_call
 from hf_wavepos.attention.triton.backward import attention_backward
 from hf_wavepos.attention.triton.decode import attention_decode
 from hf_wavepos.attention.triton.forward import Extras, attention_forward
@@ -190,68 +190,65 @@ def _decode(call: _Call, shape, block_n: int | None = None, n_splits: int | None
         )
 
 
+def triton_backend(
+    call: AttentionCall, block: int | None = None, chunk: int | None = None, decode: bool | None = None
+) -> torch.Tensor:
+    """Fused wavelet attention (Eq. 10) of one validated call (float16 / bfloat16 / float32, CUDA).
+
+    Args:
+        call: the validated call; (B, H, Lq, D) in q's dtype comes back, rows that see no key zero.
+        block: tile size (power of two >= 16); default from `default_config`.
+        chunk: table columns per chunk for support skipping (power of two >= 16).
+        decode: use the split-K decoding kernel; default: when no gradient is needed and
+            Lq <= 16 with (H / Hkv) x Lq <= 64.
+
+    Raises:
+        ValueError: for another dtype or device, a bad ``block``, or ``decode=True`` where the
+            decoding kernel cannot serve the call.
+    """
+    q, k, v = call.q, call.k, call.v
+    _check_runnable(q)
+    if call.q_len == 0 or call.k_len == 0:
+        return q.new_zeros(q.shape)
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    small = call.q_len <= DECODE_MAX_QUERIES and call.groups * call.q_len <= DECODE_MAX_ROWS
+    if decode is None:
+        decode = small and not needs_grad
+    if decode and (needs_grad or not small):
+        raise ValueError(
+            f"decode=True needs Lq <= {DECODE_MAX_QUERIES}, (H / Hkv) x Lq <= {DECODE_MAX_ROWS} and no "
+            f"gradient; got Lq={call.q_len}, H/Hkv={call.groups}, grad={needs_grad}. Leave decode=None."
+        )
+    prepared = _prepare(q, k, v, call.table, _masks(call), block, chunk)
+    if decode:
+        return _decode(prepared, call)
+    sup = prepared.supports
+    out, _ = wavelet_attention_fwd(
+        prepared.q, prepared.k, prepared.v, prepared.table, sup.sorted, sup.by_chunk, sup.order, *prepared.masks,
+        call.scaling, call.q_offset, *astuple(prepared.config),
+    )
+    return out
+
+
+def _masks(call: AttentionCall) -> tuple:
+    return call.key_padding_mask, call.document_ids, call.attn_mask, call.alibi_slopes
+
+
 def triton_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     table: torch.Tensor,
     *,
-    scaling: float | None = None,
-    q_offset: int | torch.Tensor = 0,
-    key_padding_mask: torch.Tensor | None = None,
-    document_ids: torch.Tensor | None = None,
-    attn_mask: torch.Tensor | None = None,
-    alibi_slopes: torch.Tensor | None = None,
     block: int | None = None,
     chunk: int | None = None,
     decode: bool | None = None,
+    **contract: Any,
 ) -> torch.Tensor:
-    """Fused wavelet attention (Eq. 10) on GPU; the contract of `hf_wavepos.attention.inputs`.
-
-    Args:
-        q: (B, H, Lq, D) queries without rotary embedding (float16, bfloat16 or float32).
-        k, v: (B, Hkv, Lk, D), H a multiple of Hkv.
-        table: (R, D), R >= q_offset + Lq, row r = p[r]; fixed (no gradient).
-        scaling: logit scale, default 1/sqrt(D).
-        q_offset: absolute position of the first query (KV-cache length before it).
-        key_padding_mask: (B, Lk) bool, True for real tokens.
-        document_ids: (B, Lk) ints for packed documents.
-        attn_mask: (B|1, 1, Lq, Lk) bool, True where a key may be attended (AND with causal).
-        alibi_slopes: (H,) ALiBi slopes (peer method): adds -slope_h * (m - n) to the scaled logit.
-        block: tile size (power of two >= 16); default from `default_config`.
-        chunk: table columns per chunk for support skipping (power of two >= 16).
-        decode: use the split-K decoding kernel; default: when no gradient is needed and
-            Lq <= 16 with (H / Hkv) x Lq <= 64.
-
-    Returns:
-        (B, H, Lq, D) in q's dtype; rows that see no key are zero.
-    """
-    shape = check_attention_inputs(
-        q, k, v, table, scaling=scaling, q_offset=q_offset, key_padding_mask=key_padding_mask,
-        document_ids=document_ids, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
-    )
-    _check_runnable(q)
-    if shape.q_len == 0 or shape.k_len == 0:
-        return q.new_zeros(q.shape)
-    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    small = shape.q_len <= DECODE_MAX_QUERIES and shape.groups * shape.q_len <= DECODE_MAX_ROWS
-    if decode is None:
-        decode = small and not needs_grad
-    if decode and (needs_grad or not small):
-        raise ValueError(
-            f"decode=True needs Lq <= {DECODE_MAX_QUERIES}, (H / Hkv) x Lq <= {DECODE_MAX_ROWS} and no "
-            f"gradient; got Lq={shape.q_len}, H/Hkv={shape.groups}, grad={needs_grad}. Leave decode=None."
-        )
-    masks = (key_padding_mask, document_ids, attn_mask, alibi_slopes)
-    call = _prepare(q, k, v, table, masks, block, chunk)
-    if decode:
-        return _decode(call, shape)
-    sup = call.supports
-    out, _ = wavelet_attention_fwd(
-        call.q, call.k, call.v, call.table, sup.sorted, sup.by_chunk, sup.order, *call.masks,
-        shape.scaling, shape.q_offset, *astuple(call.config),
-    )
-    return out
+    """The ``triton`` backend called directly: arguments, result and errors as
+    `hf_wavepos.wavepos_attention` (the contract: `hf_wavepos.attention.contract.AttentionCall`),
+    plus ``block``, ``chunk`` and ``decode`` of `triton_backend`."""
+    return triton_backend(attention_call(q, k, v, table, **contract), block, chunk, decode)
 
 
 def triton_decode_attention(
@@ -260,40 +257,28 @@ def triton_decode_attention(
     v: torch.Tensor,
     table: torch.Tensor,
     *,
-    scaling: float | None = None,
-    q_offset: int | torch.Tensor = 0,
-    key_padding_mask: torch.Tensor | None = None,
-    document_ids: torch.Tensor | None = None,
-    attn_mask: torch.Tensor | None = None,
-    alibi_slopes: torch.Tensor | None = None,
     chunk: int | None = None,
     block_n: int | None = None,
     n_splits: int | None = None,
+    **contract: Any,
 ) -> torch.Tensor:
     """Decoding step(s) over a KV cache with the split-K kernel (no autograd).
 
-    Args:
-        q: (B, H, Lq, D) with Lq <= 16 and (H / Hkv) x Lq <= 64, e.g. one new token.
-        k, v: (B, Hkv, Lk, D), the cache including the new tokens.
-        table, scaling, q_offset, key_padding_mask, document_ids, attn_mask, alibi_slopes: as in
-            `triton_attention` (q_offset = Lk - Lq for a dynamic cache).
-        chunk: table columns per chunk; block_n: keys per tile; n_splits: cache slices
-            (default: two programs per multiprocessor).
+    Arguments and result as `hf_wavepos.wavepos_attention` (q_offset = Lk - Lq for a dynamic
+    cache), with Lq <= 16 and (H / Hkv) x Lq <= 64, e.g. one new token; plus ``chunk`` (table
+    columns per chunk), ``block_n`` (keys per tile) and ``n_splits`` (cache slices, default: two
+    programs per multiprocessor).
 
-    Returns:
-        (B, H, Lq, D) in q's dtype.
+    Raises:
+        ValueError: as `triton_backend`, and when the call has too many query rows.
     """
-    shape = check_attention_inputs(
-        q, k, v, table, scaling=scaling, q_offset=q_offset, key_padding_mask=key_padding_mask,
-        document_ids=document_ids, attn_mask=attn_mask, alibi_slopes=alibi_slopes,
-    )
+    call = attention_call(q, k, v, table, **contract)
     _check_runnable(q)
-    if shape.q_len > DECODE_MAX_QUERIES or shape.groups * shape.q_len > DECODE_MAX_ROWS:
+    if call.q_len > DECODE_MAX_QUERIES or call.groups * call.q_len > DECODE_MAX_ROWS:
         raise ValueError(
             f"triton_decode_attention serves Lq <= {DECODE_MAX_QUERIES} with (H / Hkv) x Lq <= "
-            f"{DECODE_MAX_ROWS}; got Lq={shape.q_len}, H/Hkv={shape.groups}. Use triton_attention."
+            f"{DECODE_MAX_ROWS}; got Lq={call.q_len}, H/Hkv={call.groups}. Use triton_attention."
         )
-    if shape.q_len == 0 or shape.k_len == 0:
+    if call.q_len == 0 or call.k_len == 0:
         return q.new_zeros(q.shape)
-    masks = (key_padding_mask, document_ids, attn_mask, alibi_slopes)
-    return _decode(_prepare(q, k, v, table, masks, None, chunk), shape, block_n, n_splits)
+    return _decode(_prepare(q, k, v, table, _masks(call), None, chunk), call, block_n, n_splits)

@@ -1,4 +1,4 @@
-"""Input contract shared by every attention backend, and the visibility rule.
+"""The attention contract: one validated call that every backend receives.
 
 Every backend computes, for batch b, query head h (key/value head h // G with
 G = H / Hkv), query row i at absolute position m = q_offset + i and key n:
@@ -12,9 +12,15 @@ documents) and ``attn_mask[b, 0, i, n]`` is True (when given: any other visibili
 4-D mask transformers builds; it costs O(Lq x Lk) memory like every dense mask).
 
 Peer position methods share the contract: ``alibi_slopes`` (H,) adds -slope_h * (m - n) to the
-logit (ALiBi, after scaling), and an all-zero table is NoPE (backends skip zero rows). Within one document (or one left-padded sequence) the index difference m - n is the
-relative distance, so positions never need to be passed. A query that sees no key at all (a
-padding row) gets an output of zeros and no gradient.
+logit (ALiBi, after scaling), and an all-zero table is NoPE (backends skip zero rows). Within one
+document (or one left-padded sequence) the index difference m - n is the relative distance, so
+positions never need to be passed. A query that sees no key at all (a padding row) gets an output
+of zeros and no gradient.
+
+`attention_call` validates the arguments once (ValueError naming the argument and the fix) and
+returns an `AttentionCall`; `hf_wavepos.wavepos_attention` hands it to the chosen backend, whose
+registered function is ``fn(call)``. The call is a plain dataclass of tensors and Python numbers
+read from shapes (never from tensor values), so ``torch.compile`` traces it.
 """
 
 from __future__ import annotations
@@ -25,38 +31,100 @@ from dataclasses import dataclass
 import torch
 
 
-@dataclass(frozen=True)
-class AttentionShape:
-    """Sizes of one call: q (B, H, Lq, D), k/v (B, Hkv, Lk, D), ``groups`` = H // Hkv."""
+@dataclass
+class AttentionCall:
+    """One validated attention call (see the module docstring for the formula).
 
+    Attributes:
+        q: (B, H, Lq, D) queries, no rotary embedding applied.
+        k, v: (B, Hkv, Lk, D) keys and values; H is a multiple of Hkv (grouped-query attention).
+        table: (R, D) with R >= q_offset + Lq: row r is p[r] (`hf_wavepos.basis.wavelet_table`);
+            fixed, it receives no gradient.
+        scaling: logit scale (default 1/sqrt(D)).
+        q_offset: absolute position of query 0, i.e. the number of cached keys before it;
+            Lq = 1 with q_offset = Lk - 1 is one decoding step, Lk > q_offset + Lq a static cache.
+        key_padding_mask: (B, Lk) bool, True for real tokens (left padding, static caches), or None.
+        document_ids: (B, Lk) integers; queries attend only to keys of their own document, or None.
+        attn_mask: (B|1, 1, Lq, Lk) bool, True where a key may be attended (AND with causal), or
+            None; O(Lq x Lk) memory, so prefer the compact masks above where they suffice.
+        alibi_slopes: (H,) float ALiBi slopes: adds -slope_h * (m - n) to the scaled logit, or None.
+        batch, heads, kv_heads, q_len, k_len, head_dim: B, H, Hkv, Lq, Lk, D.
+
+    Every backend returns (B, H, Lq, D) in q's dtype; rows that see no key are zero.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    table: torch.Tensor
+    scaling: float
+    q_offset: int
+    key_padding_mask: torch.Tensor | None
+    document_ids: torch.Tensor | None
+    attn_mask: torch.Tensor | None
+    alibi_slopes: torch.Tensor | None
     batch: int
     heads: int
     kv_heads: int
     q_len: int
     k_len: int
     head_dim: int
-    q_offset: int
-    scaling: float
 
     @property
     def groups(self) -> int:
+        """Query heads per key/value head, H // Hkv."""
         return self.heads // self.kv_heads
 
+    @property
+    def rows(self) -> int:
+        """Table rows the call uses: distances 0 .. q_offset + Lq - 1."""
+        return self.q_offset + self.q_len
 
-def check_attention_inputs(
+    @property
+    def rows_may_be_empty(self) -> bool:
+        """True when a mask is given, so that some query may see no key at all."""
+        return not (self.key_padding_mask is None and self.document_ids is None and self.attn_mask is None)
+
+    def optional_inputs(self) -> tuple[str, ...]:
+        """Names of the optional inputs a backend must implement for this call."""
+        given = {"attn_mask": self.attn_mask, "alibi_slopes": self.alibi_slopes}
+        return tuple(name for name, value in given.items() if value is not None)
+
+
+def attention_call(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     table: torch.Tensor,
     *,
-    scaling: float | None,
-    q_offset: int | torch.Tensor,
-    key_padding_mask: torch.Tensor | None,
-    document_ids: torch.Tensor | None,
+    scaling: float | None = None,
+    q_offset: int | torch.Tensor = 0,
+    key_padding_mask: torch.Tensor | None = None,
+    document_ids: torch.Tensor | None = None,
     attn_mask: torch.Tensor | None = None,
     alibi_slopes: torch.Tensor | None = None,
-) -> AttentionShape:
-    """Validate one call's inputs; raise ValueError naming the argument and the fix."""
+) -> AttentionCall:
+    """Validate one call's inputs and return them as an `AttentionCall` (its attributes document
+    every argument; ``q_offset`` may also be a one-element tensor).
+
+    Raises:
+        ValueError: naming the argument and the fix, for wrong ranks, shapes, dtypes, devices,
+            head counts, offsets past the keys, a table too short, or malformed masks and slopes.
+    """
+    B, H, Lq, D, Hkv, Lk = _check_qkv(q, k, v, table)
+    q_offset = _static_offset(q_offset)
+    _check_offset_and_table(q_offset, table, Lq, Lk, D)
+    _check_masks(key_padding_mask, document_ids, attn_mask, alibi_slopes, B, H, Lq, Lk)
+    if scaling is None:
+        scaling = 1.0 / math.sqrt(D)
+    return AttentionCall(
+        q, k, v, table, float(scaling), q_offset, key_padding_mask, document_ids, attn_mask, alibi_slopes,
+        B, H, Hkv, Lq, Lk, D,
+    )
+
+
+def _check_qkv(q, k, v, table) -> tuple[int, int, int, int, int, int]:
+    """Ranks, shapes, dtypes and devices of q, k, v (and the table's device): B, H, Lq, D, Hkv, Lk."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(
             "q, k and v must be 4-D (batch, heads, length, head_dim); got shapes "
@@ -80,12 +148,21 @@ def check_attention_inputs(
         raise ValueError(
             f"q, k, v and table must be on one device, got {q.device}, {k.device}, {v.device}, {table.device}."
         )
+    return B, H, Lq, D, Hkv, Lk
+
+
+def _static_offset(q_offset: int | torch.Tensor) -> int:
+    """The query offset as a Python int (a one-element tensor is read once, here)."""
     if isinstance(q_offset, torch.Tensor):
         if q_offset.numel() != 1:
             raise ValueError(f"q_offset must be a scalar (one offset for the batch), got shape {tuple(q_offset.shape)}.")
         q_offset = int(q_offset.item())
     if isinstance(q_offset, bool) or not isinstance(q_offset, int) or q_offset < 0:
         raise ValueError(f"q_offset must be an integer >= 0 (cached tokens before the queries), got {q_offset!r}.")
+    return q_offset
+
+
+def _check_offset_and_table(q_offset: int, table: torch.Tensor, Lq: int, Lk: int, D: int) -> None:
     if q_offset + Lq > Lk:
         raise ValueError(
             f"q_offset + q_len = {q_offset} + {Lq} exceeds the key length {Lk}: the keys must include "
@@ -98,6 +175,9 @@ def check_attention_inputs(
             f"table has {table.shape[0]} rows but distances up to {q_offset + Lq - 1} occur; build it "
             f"with wavelet_table(config, head_dim, length>={q_offset + Lq})."
         )
+
+
+def _check_masks(key_padding_mask, document_ids, attn_mask, alibi_slopes, B, H, Lq, Lk) -> None:
     if key_padding_mask is not None:
         if key_padding_mask.shape != (B, Lk) or key_padding_mask.dtype != torch.bool:
             raise ValueError(
@@ -127,9 +207,6 @@ def check_attention_inputs(
             f"alibi_slopes must be a float tensor of shape (heads,) = ({H},), got "
             f"{alibi_slopes.dtype} {tuple(alibi_slopes.shape)}."
         )
-    if scaling is None:
-        scaling = 1.0 / math.sqrt(D)
-    return AttentionShape(B, H, Hkv, Lq, Lk, D, q_offset, float(scaling))
 
 
 def visible_keys(

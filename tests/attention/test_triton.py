@@ -43,7 +43,7 @@ def test_kernels_in_a_fresh_interpreter_process():
     """Runs this file where TRITON_INTERPRET=1 precedes the first import of triton."""
     env = dict(os.environ, TRITON_INTERPRET="1", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, cwd=Path(__file__).parents[1])
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
     q = torch.zeros(1, 1, 4, 16)
@@ -215,7 +215,7 @@ def test_bad_inputs_raise_clear_errors(monkeypatch):
 def test_gpu_benchmark_script_runs_end_to_end_in_cpu_smoke_mode(tmp_path, monkeypatch):
     """bench/attention_gpu.py at toy sizes on CPU: every section runs, JSON (device named) + PNG."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    spec = importlib.util.spec_from_file_location("attention_gpu", Path(__file__).parents[1] / "bench" / "attention_gpu.py")
+    spec = importlib.util.spec_from_file_location("attention_gpu", Path(__file__).parents[2] / "bench" / "attention_gpu.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     bench.main(["--cpu-smoke", "--presets", "long", "--out-dir", str(tmp_path)])
