@@ -12,7 +12,9 @@ is the stock model: comparisons use the unconverted model.) An all-zero table co
 nothing: backends skip rows whose entries are all below the 1e-6 cut-off.
 
 `document_ids_from_positions` is the one rule that turns ``position_ids`` of packed sequences
-into document ids (used by the models' attention and by the data pipeline).
+into document ids (used by the models' attention and by the data pipeline); `packed_document_ids`
+says when it applies: only to inputs without a padding mask and without a cache, as in
+transformers (pads inside a row repeat a position and must stay padding).
 """
 
 from __future__ import annotations
@@ -125,3 +127,38 @@ def document_ids_from_positions(position_ids: torch.Tensor) -> torch.Tensor:
         (B, L) int64 document ids; all zero when every row holds one document. O(L), no L x L mask.
     """
     return document_starts(position_ids).long().cumsum(-1)
+
+
+def packed_document_ids(
+    position_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    cache: object | None,
+    batch_size: int | None = None,
+) -> torch.Tensor | None:
+    """Document ids of a packed batch, or None when the inputs are not read as packed.
+
+    transformers' packed-sequence rule (``masking_utils.find_packed_sequence_indices``): documents
+    are read from ``position_ids`` only when neither a padding mask nor a cache is given. With a
+    mask, positions that do not step by 1 are padding (``generate()`` gives pads inside a row the
+    position 0), never a document boundary; with a cache the positions continue earlier tokens.
+
+    Args:
+        position_ids: (B|1, L) positions as passed to the model, or None.
+        attention_mask: the padding mask passed to the model ((B, L) or 4-D), or None.
+        cache: the cache passed to the model, or None.
+        batch_size: B, to broadcast (1, L) positions to every row (default: their first dimension).
+
+    Returns:
+        (B, L) int64 ids (`document_ids_from_positions`), or None: not packed, or (outside
+        ``torch.compile``, where the check would be data dependent) every row holds one document.
+    """
+    if position_ids is None or attention_mask is not None or cache is not None:
+        return None
+    if position_ids.dim() == 1:
+        position_ids = position_ids[None]
+    if batch_size is not None:
+        position_ids = position_ids.expand(batch_size, -1)
+    document_ids = document_ids_from_positions(position_ids)
+    if not torch.compiler.is_compiling() and not bool((document_ids[:, -1] != 0).any()):
+        return None
+    return document_ids

@@ -11,7 +11,10 @@ mixins below and writes only what differs:
   stock -> wavepos ``CLASS_MAP`` by `link_classes`.
 
 `WavePosAttentionMixin.wavepos_forward` reads the cache offset *before* updating the cache and
-hands the rest to `WavePosAttentionMixin.wavepos_attend`. Parameter names are unchanged, so
+hands the rest to `WavePosAttentionMixin.wavepos_attend`. What only the model's inputs tell (is
+there a padding mask or a cache, so are the rows packed documents?) is decided once by the base
+model's forward (`wavepos_model_forward`) and reaches the attention modules as the keyword
+``wavepos_document_ids``. Parameter names are unchanged, so
 checkpoints, PEFT targets and tensor-parallel plans stay valid. This file is also part of the
 self-contained remote code (`hf_wavepos.models.remote`): it imports nothing above the models layer.
 """
@@ -19,14 +22,19 @@ self-contained remote code (`hf_wavepos.models.remote`): it imports nothing abov
 from __future__ import annotations
 
 import functools
-from typing import Any
+import inspect
+from typing import Any, Callable
 
 import torch
+from transformers import GenerationMixin
 
 from hf_wavepos.attention.dispatch import available_backends, default_backend, wavepos_attention
 from hf_wavepos.basis import log_n_scale
 from hf_wavepos.config import WavePosConfig, resolve_config
-from hf_wavepos.positions import document_ids_from_positions, positional_inputs
+from hf_wavepos.positions import packed_document_ids, positional_inputs
+
+DOCUMENT_IDS = "wavepos_document_ids"
+"""Keyword that carries the packed documents' ids (B, L), or None, from the base model to its attention."""
 
 UNSUPPORTED_IMPLEMENTATIONS = ("flash_attention_2", "flash_attention_3", "flash_attention_4", "paged|flash_attention_2")
 
@@ -147,13 +155,16 @@ class WavePosAttentionMixin:
         return float(self.attention_dropout)
 
     def wavepos_forward(self, hidden_states: torch.Tensor, attention_mask: Any, cache: Any,
-                        position_ids: torch.Tensor | None) -> torch.Tensor:
+                        **kwargs: Any) -> torch.Tensor:
         """The attention step of a wavepos module: (B, L, hidden) -> (B, L, hidden).
 
         Projects q, k, v as the stock module does but without rotary embedding, reads the cache
         offset before the cache update (`cache_offset`), attends with `wavepos_attend` and
-        applies the output projection.
+        applies the output projection. ``kwargs`` are the keywords transformers hands the stock
+        attention module; ``position_ids`` and `DOCUMENT_IDS` are read from them.
         """
+        position_ids = kwargs.get("position_ids")
+        document_ids = kwargs.get(DOCUMENT_IDS)
         query, key, value = self.project_qkv(hidden_states)  # (B, H, L, D), (B, Hkv, L, D) x 2
         q_offset = cache_offset(cache, self.layer_idx)
         if cache is not None:
@@ -161,7 +172,7 @@ class WavePosAttentionMixin:
             key, value = self_attention.update(key, value, self.layer_idx)
         out = self.wavepos_attend(
             query, key, value, attention_mask, q_offset=q_offset, position_ids=position_ids,
-            scaling=self.scaling, dropout=self.attention_dropout_p(),
+            document_ids=document_ids, scaling=self.scaling, dropout=self.attention_dropout_p(),
         )  # (B, L, H, D)
         return self.project_output(out.reshape(*hidden_states.shape[:-1], -1).contiguous())
 
@@ -174,6 +185,7 @@ class WavePosAttentionMixin:
         *,
         q_offset: int,
         position_ids: torch.Tensor | None,
+        document_ids: torch.Tensor | None = None,
         scaling: float,
         dropout: float,
     ) -> torch.Tensor:
@@ -184,8 +196,9 @@ class WavePosAttentionMixin:
             key, value: (B, Hkv, Lk, D) after the cache update.
             attention_mask: what transformers passes the attention module (None or 4-D).
             q_offset: cached tokens before the first query (`cache_offset`).
-            position_ids: (B|1, Lq) positions of the queries in their sequences: log-n scaling, and
-                packed documents (positions restarting) never attend across a boundary.
+            position_ids: (B|1, Lq) positions of the queries in their sequences (log-n scaling).
+            document_ids: (B, Lk) ids of packed documents (`hf_wavepos.positions.packed_document_ids`,
+                decided by the base model), which never attend across a boundary; or None.
             scaling: the stock module's logit scale.
             dropout: the stock module's attention dropout probability (must be 0 while training).
 
@@ -206,11 +219,6 @@ class WavePosAttentionMixin:
             query = query * scale[:, None, :, None]
         table, slopes = positional_inputs(wp, D, H, q_offset + Lq, query.device, query.dtype)
         attn_mask = visibility_from_hf_mask(attention_mask, Lq, key.shape[2])
-        document_ids = None
-        if position_ids is not None and q_offset == 0 and Lq == key.shape[2] > 1:
-            document_ids = document_ids_from_positions(position_ids.expand(B, Lq))  # packed sequences
-            if not bool((document_ids[:, -1] != 0).any()):
-                document_ids = None  # one document per row (the common case): no mask needed
         backend = backend_for(getattr(self.config, "_attn_implementation", None), query.device)
         out = wavepos_attention(
             query, key, value, table, scaling=scaling, q_offset=q_offset, document_ids=document_ids,
@@ -226,7 +234,7 @@ class SeparateProjectionsAttention(WavePosAttentionMixin):
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None,
                 past_key_values=None, **kwargs):
         cache = cache if cache is not None else past_key_values
-        return self.wavepos_forward(hidden_states, attention_mask, cache, kwargs.get("position_ids")), None
+        return self.wavepos_forward(hidden_states, attention_mask, cache, **kwargs), None
 
     def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, L, hidden) -> query (B, H, L, D), key and value (B, Hkv, L, D)."""
@@ -295,7 +303,43 @@ def link_classes(*classes: type, on_init: Any = None) -> dict[type, type]:
         if issubclass(cls, WavePosPreTrainedMixin):
             cls.wavepos_class_map = class_map
             cls.wavepos_on_init = on_init
+            if not issubclass(cls, GenerationMixin) and "forward" not in cls.__dict__:  # the base model
+                cls.forward = wavepos_model_forward(cls.__bases__[-1].forward)
     return class_map
+
+
+def wavepos_model_forward(stock_forward: Callable) -> Callable:
+    """The forward of a wavepos base model: ``stock_forward`` (same signature), which first decides
+    from the caller's inputs whether the rows are packed documents.
+
+    Packed documents are read from ``position_ids`` only when the caller gives neither a padding
+    mask nor a cache (`hf_wavepos.positions.packed_document_ids`, transformers' rule); their ids
+    reach every attention module as the keyword `DOCUMENT_IDS`. Only here are the caller's mask
+    and cache visible: the attention modules see the 4-D mask transformers builds and the cache
+    the stock forward creates.
+    """
+    names = list(inspect.signature(stock_forward).parameters)[1:]  # after self
+    index = {name: i for i, name in enumerate(names)}
+
+    def argument(args: tuple, kwargs: dict, name: str) -> Any:
+        if name in kwargs:
+            return kwargs[name]
+        i = index.get(name)
+        return args[i] if i is not None and i < len(args) else None
+
+    @functools.wraps(stock_forward)
+    def forward(self, *args, **kwargs):
+        cache = argument(args, kwargs, "cache")
+        cache = cache if cache is not None else argument(args, kwargs, "past_key_values")
+        inputs = argument(args, kwargs, "input_ids")
+        inputs = inputs if inputs is not None else argument(args, kwargs, "inputs_embeds")
+        batch = None if inputs is None else inputs.shape[0]
+        kwargs[DOCUMENT_IDS] = packed_document_ids(
+            argument(args, kwargs, "position_ids"), argument(args, kwargs, "attention_mask"), cache, batch
+        )
+        return stock_forward(self, *args, **kwargs)
+
+    return forward
 
 
 def _save_pretrained_with_remote_code(model, save_directory, super_save, args, kwargs):
