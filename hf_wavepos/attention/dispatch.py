@@ -3,7 +3,9 @@
 `wavepos_attention` validates the call once (`hf_wavepos.attention.contract.attention_call`) and
 hands the resulting `AttentionCall` to a backend from a registry; a backend is ``fn(call)``:
 
-    reference  materialised, exact in float64 (tests, ``attn_implementation="eager"``)
+    reference  materialised, exact in float64 (tests, ``attn_implementation="eager"``); the
+               only one that can also return the attention probabilities
+               (`wavepos_attention_with_probabilities`)
     chunked    query-chunked, O(chunk x Lk) memory, recomputing backward (CPU default)
 
 GPU backends (FlexAttention, Triton) are registered by `hf_wavepos.attention.gpu`, not here,
@@ -22,7 +24,7 @@ import torch
 
 from hf_wavepos.attention.chunked import chunked_backend
 from hf_wavepos.attention.contract import AttentionCall, attention_call
-from hf_wavepos.attention.reference import reference_backend
+from hf_wavepos.attention.reference import reference_backend, reference_with_probabilities
 
 BackendFn = Callable[[AttentionCall], torch.Tensor]
 OPTIONAL_INPUTS = ("attn_mask", "alibi_slopes")
@@ -146,6 +148,24 @@ def wavepos_attention(
     """
     call = attention_call(q, k, v, table, **contract)
     return _choose(backend, call).fn(call)
+
+
+def wavepos_attention_with_probabilities(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, **contract: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`wavepos_attention` by the ``reference`` backend, the one that materialises the attention
+    probabilities, returning them too (``output_attentions=True`` of ``attn_implementation="eager"``).
+
+    Args:
+        q, k, v, table, **contract: as `wavepos_attention`.
+
+    Returns:
+        out (B, H, Lq, D) and probs (B, H, Lq, Lk), in q's dtype (rows that see no key are 0).
+
+    Raises:
+        ValueError: for invalid inputs, as `wavepos_attention`.
+    """
+    return reference_with_probabilities(attention_call(q, k, v, table, **contract))
 
 
 def _choose(backend: str | None, call: AttentionCall) -> Backend:

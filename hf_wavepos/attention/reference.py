@@ -20,6 +20,17 @@ def reference_backend(call: AttentionCall) -> torch.Tensor:
     Softmax runs in float32 for lower precisions (as transformers' eager attention does) and in
     float64 for float64.
     """
+    return reference_with_probabilities(call)[0]
+
+
+def reference_with_probabilities(call: AttentionCall) -> tuple[torch.Tensor, torch.Tensor]:
+    """`reference_backend`'s output and the attention probabilities it used.
+
+    Returns:
+        out (B, H, Lq, D) and probs (B, H, Lq, Lk), both in q's dtype: probs[b, h, i, n] is
+        softmax_n(e[m, n]) over the visible keys (0 elsewhere; a row that sees no key is all 0),
+        what transformers' eager attention returns as ``attentions``.
+    """
     q, Lq, Lk, G, off = call.q, call.q_len, call.k_len, call.groups, call.q_offset
     k = call.k.repeat_interleave(G, dim=1)  # (B, H, Lk, D)
     v = call.v.repeat_interleave(G, dim=1)
@@ -40,8 +51,8 @@ def reference_backend(call: AttentionCall) -> torch.Tensor:
     # A finite fill keeps fully masked rows finite (uniform), so their gradient stays finite.
     logits = logits.masked_fill(~visible, torch.finfo(softmax_dtype).min)
     probs = torch.softmax(logits, dim=-1)
-    probs = torch.where(visible.any(-1, keepdim=True), probs, torch.zeros_like(probs))
-    return probs.to(v.dtype) @ v
+    probs = torch.where(visible.any(-1, keepdim=True), probs, torch.zeros_like(probs)).to(v.dtype)
+    return probs @ v, probs
 
 
 def reference_attention(

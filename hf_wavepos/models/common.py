@@ -28,7 +28,12 @@ from typing import Any, Callable
 import torch
 from transformers import GenerationMixin
 
-from hf_wavepos.attention.dispatch import available_backends, default_backend, wavepos_attention
+from hf_wavepos.attention.dispatch import (
+    available_backends,
+    default_backend,
+    wavepos_attention,
+    wavepos_attention_with_probabilities,
+)
 from hf_wavepos.basis import log_n_scale
 from hf_wavepos.config import WavePosConfig, resolve_config
 from hf_wavepos.positions import packed_document_ids, positional_inputs
@@ -155,13 +160,15 @@ class WavePosAttentionMixin:
         return float(self.attention_dropout)
 
     def wavepos_forward(self, hidden_states: torch.Tensor, attention_mask: Any, cache: Any,
-                        **kwargs: Any) -> torch.Tensor:
-        """The attention step of a wavepos module: (B, L, hidden) -> (B, L, hidden).
+                        **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The attention step of a wavepos module: (B, L, hidden) -> ((B, L, hidden), probs).
 
         Projects q, k, v as the stock module does but without rotary embedding, reads the cache
         offset before the cache update (`cache_offset`), attends with `wavepos_attend` and
         applies the output projection. ``kwargs`` are the keywords transformers hands the stock
-        attention module; ``position_ids`` and `DOCUMENT_IDS` are read from them.
+        attention module; ``position_ids`` and `DOCUMENT_IDS` are read from them. ``probs`` is
+        what the stock module returns second: the attention probabilities (B, H, L, Lk) with
+        ``attn_implementation="eager"``, None otherwise.
         """
         position_ids = kwargs.get("position_ids")
         document_ids = kwargs.get(DOCUMENT_IDS)
@@ -170,11 +177,11 @@ class WavePosAttentionMixin:
         if cache is not None:
             self_attention = getattr(cache, "self_attention_cache", cache)  # EncoderDecoderCache (GPT-2)
             key, value = self_attention.update(key, value, self.layer_idx)
-        out = self.wavepos_attend(
+        out, probs = self.wavepos_attend(
             query, key, value, attention_mask, q_offset=q_offset, position_ids=position_ids,
             document_ids=document_ids, scaling=self.scaling, dropout=self.attention_dropout_p(),
-        )  # (B, L, H, D)
-        return self.project_output(out.reshape(*hidden_states.shape[:-1], -1).contiguous())
+        )  # (B, L, H, D), (B, H, L, Lk) or None
+        return self.project_output(out.reshape(*hidden_states.shape[:-1], -1).contiguous()), probs
 
     def wavepos_attend(
         self,
@@ -188,7 +195,7 @@ class WavePosAttentionMixin:
         document_ids: torch.Tensor | None = None,
         scaling: float,
         dropout: float,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attention with the configured position method (Eq. 10 for wavelets).
 
         Args:
@@ -203,7 +210,9 @@ class WavePosAttentionMixin:
             dropout: the stock module's attention dropout probability (must be 0 while training).
 
         Returns:
-            (B, Lq, H, D), the layout transformers' attention functions return.
+            (B, Lq, H, D), the layout transformers' attention functions return, and the attention
+            probabilities (B, H, Lq, Lk) when the backend is ``reference`` (``attn_implementation=
+            "eager"``, as transformers' eager attention returns them), else None.
         """
         if dropout > 0 and self.training:
             raise ValueError(
@@ -220,11 +229,13 @@ class WavePosAttentionMixin:
         table, slopes = positional_inputs(wp, D, H, q_offset + Lq, query.device, query.dtype)
         attn_mask = visibility_from_hf_mask(attention_mask, Lq, key.shape[2])
         backend = backend_for(getattr(self.config, "_attn_implementation", None), query.device)
-        out = wavepos_attention(
-            query, key, value, table, scaling=scaling, q_offset=q_offset, document_ids=document_ids,
-            attn_mask=attn_mask, alibi_slopes=slopes, backend=backend,
-        )
-        return out.transpose(1, 2)
+        contract = dict(scaling=scaling, q_offset=q_offset, document_ids=document_ids, attn_mask=attn_mask,
+                        alibi_slopes=slopes)
+        if backend == "reference":
+            out, probs = wavepos_attention_with_probabilities(query, key, value, table, **contract)
+        else:
+            out, probs = wavepos_attention(query, key, value, table, backend=backend, **contract), None
+        return out.transpose(1, 2), probs
 
 
 class SeparateProjectionsAttention(WavePosAttentionMixin):
@@ -234,7 +245,7 @@ class SeparateProjectionsAttention(WavePosAttentionMixin):
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None,
                 past_key_values=None, **kwargs):
         cache = cache if cache is not None else past_key_values
-        return self.wavepos_forward(hidden_states, attention_mask, cache, **kwargs), None
+        return self.wavepos_forward(hidden_states, attention_mask, cache, **kwargs)
 
     def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, L, hidden) -> query (B, H, L, D), key and value (B, Hkv, L, D)."""
@@ -305,14 +316,60 @@ def link_classes(*classes: type, on_init: Any = None) -> dict[type, type]:
             cls.wavepos_on_init = on_init
             if not issubclass(cls, GenerationMixin) and "forward" not in cls.__dict__:  # the base model
                 cls.forward = wavepos_model_forward(cls.__bases__[-1].forward)
+            record_outputs_of(cls)
     return class_map
+
+
+def record_outputs_of(cls: type) -> None:
+    """Let transformers record ``output_hidden_states`` / ``output_attentions`` for ``cls``.
+
+    transformers keeps the recordable outputs of each model class in a registry keyed by the
+    class's name, filled when a model of that class is constructed; a loaded model that
+    `apply_wavepos` gives a wavepos class was never constructed as one, so without this entry
+    both flags return None. (A plain no-op where transformers has no such registry.)
+    """
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:
+        return
+    dict.__setitem__(_CAN_RECORD_REGISTRY, str(cls), cls._can_record_outputs)
+
+
+ATTENTIONS_IMPLEMENTATIONS = ("eager", "wavepos_reference")
+"""The ``attn_implementation`` values whose backend (``reference``) returns attention probabilities."""
+
+
+def check_output_attentions(config: Any, requested: bool | None) -> None:
+    """Raise unless the model can return what ``output_attentions`` asks for.
+
+    Args:
+        config: the model config (its ``_attn_implementation``; ``output_attentions`` when
+            ``requested`` is None, as transformers reads it).
+        requested: the ``output_attentions`` argument of the call, or None.
+
+    Raises:
+        ValueError: attentions are requested and the backend is not the reference one: only
+            ``attn_implementation="eager"`` materialises the probabilities.
+    """
+    if requested is None:
+        requested = getattr(config, "output_attentions", False)
+    implementation = getattr(config, "_attn_implementation", None) or "sdpa"
+    if requested and implementation not in ATTENTIONS_IMPLEMENTATIONS:
+        raise ValueError(
+            f'output_attentions=True needs attn_implementation="eager" (the reference backend, the only one '
+            f"that materialises the attention probabilities); this model uses attn_implementation="
+            f'"{implementation}". Load it with attn_implementation="eager" or call '
+            'model.set_attn_implementation("eager") first.'
+        )
 
 
 def wavepos_model_forward(stock_forward: Callable) -> Callable:
     """The forward of a wavepos base model: ``stock_forward`` (same signature), which first decides
     from the caller's inputs whether the rows are packed documents.
 
-    Packed documents are read from ``position_ids`` only when the caller gives neither a padding
+    It refuses ``output_attentions=True`` where the backend cannot return probabilities
+    (`check_output_attentions`), before any compute. Packed documents are read from
+    ``position_ids`` only when the caller gives neither a padding
     mask nor a cache (`hf_wavepos.positions.packed_document_ids`, transformers' rule); their ids
     reach every attention module as the keyword `DOCUMENT_IDS`. Only here are the caller's mask
     and cache visible: the attention modules see the 4-D mask transformers builds and the cache
@@ -329,6 +386,7 @@ def wavepos_model_forward(stock_forward: Callable) -> Callable:
 
     @functools.wraps(stock_forward)
     def forward(self, *args, **kwargs):
+        check_output_attentions(self.config, kwargs.get("output_attentions"))
         cache = argument(args, kwargs, "cache")
         cache = cache if cache is not None else argument(args, kwargs, "past_key_values")
         inputs = argument(args, kwargs, "input_ids")

@@ -52,7 +52,7 @@ class WavePosGPT2Attention(WavePosAttentionMixin, GPT2Attention):
         cache = cache if cache is not None else past_key_values
         if kwargs.get("encoder_hidden_states") is not None:
             raise ValueError("wavepos_gpt2 has no cross-attention.")
-        return self.wavepos_forward(hidden_states, attention_mask, cache, **kwargs), None
+        return self.wavepos_forward(hidden_states, attention_mask, cache, **kwargs)
 
     def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, L, hidden) -> query, key, value, each (B, H, L, D): splits of the fused ``c_attn``."""

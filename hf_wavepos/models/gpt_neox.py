@@ -39,7 +39,7 @@ class WavePosGPTNeoXAttention(WavePosAttentionMixin, GPTNeoXAttention):
     def forward(self, hidden_states, attention_mask=None, layer_past=None, position_embeddings=None,
                 cache=None, past_key_values=None, **kwargs):
         cache = next((c for c in (layer_past, cache, past_key_values) if c is not None), None)
-        return self.wavepos_forward(hidden_states, attention_mask, cache, **kwargs), None
+        return self.wavepos_forward(hidden_states, attention_mask, cache, **kwargs)
 
     def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(B, L, hidden) -> query, key, value, each (B, H, L, D): chunks of the fused projection."""
