@@ -317,7 +317,28 @@ def link_classes(*classes: type, on_init: Any = None) -> dict[type, type]:
             if not issubclass(cls, GenerationMixin) and "forward" not in cls.__dict__:  # the base model
                 cls.forward = wavepos_model_forward(cls.__bases__[-1].forward)
             record_outputs_of(cls)
+            share_checkpoint_format(cls, cls.__bases__[-1])
     return class_map
+
+
+def share_checkpoint_format(cls: type, stock: type) -> None:
+    """Let ``cls`` read and write checkpoints with the keys ``stock`` uses.
+
+    transformers renames some keys between checkpoint and module, per class name (GPT-NeoX's
+    ``embed_out`` is the module ``lm_head``); the wavepos class gets the stock class's renaming,
+    so a converted model saves the stock key names and loads both. (A no-op where transformers
+    has no such mapping.)
+    """
+    try:
+        from transformers.conversion_mapping import (
+            get_checkpoint_conversion_mapping,
+            register_checkpoint_conversion_mapping,
+        )
+    except ImportError:
+        return
+    mapping = get_checkpoint_conversion_mapping(stock.__name__)
+    if mapping is not None:
+        register_checkpoint_conversion_mapping(cls.__name__, mapping, overwrite=True)
 
 
 def record_outputs_of(cls: type) -> None:

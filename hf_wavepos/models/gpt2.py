@@ -3,7 +3,9 @@
 The stock model adds a learned absolute embedding ``wpe`` to the token embeddings; the wavepos
 model adds nothing there (``wpe`` becomes `NoPositionEmbedding`, so ``n_positions`` no longer
 limits the length) and puts the position term into attention. Converting a loaded model keeps
-the original ``wpe`` aside, outside the state dict, so that `revert_wavepos` restores it.
+the original table inside `NoPositionEmbedding` as a non-persistent buffer: it moves and casts
+with the model (``.to()``, ``.half()``, meta, CUDA) but stays out of ``state_dict`` and
+``save_pretrained``, and `revert_wavepos` rebuilds ``wpe`` from it where the model now is.
 """
 
 from __future__ import annotations
@@ -15,9 +17,6 @@ from transformers import GPT2Config
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2LMHeadModel, GPT2Model
 
 from hf_wavepos.models.common import WavePosAttentionMixin, WavePosConfigMixin, WavePosPreTrainedMixin, link_classes
-
-_SAVED_WPE = "_wavepos_saved_wpe"
-
 
 def gpt2_head_dim(config: Any) -> int:
     """Per-head size of a GPT-2 config: n_embd // n_head."""
@@ -38,11 +37,44 @@ class WavePosGPT2Config(WavePosConfigMixin, GPT2Config):
 
 
 class NoPositionEmbedding(torch.nn.Module):
-    """Stands in for GPT-2's ``wpe``: returns a 0-d zero, so ``inputs_embeds + wpe(ids)`` is unchanged."""
+    """Stands in for GPT-2's ``wpe``: returns a 0-d zero, so ``inputs_embeds + wpe(ids)`` is unchanged.
+
+    Args:
+        stock: the replaced ``wpe`` (a `torch.nn.Embedding`), kept for `revert_wavepos`; None for
+            a model built with wavelet positions, which has no learned table.
+
+    Its table is the non-persistent buffer ``stock_weight`` (n_positions, n_embd), or None.
+    """
+
+    def __init__(self, stock: torch.nn.Embedding | None = None):
+        super().__init__()
+        if stock is not None and type(stock) is not torch.nn.Embedding:
+            raise ValueError(
+                f"GPT-2's wpe is a {type(stock).__name__}, not a torch.nn.Embedding: apply_wavepos keeps the "
+                "learned position table for revert_wavepos as an embedding's weight. Convert the model "
+                "before wrapping or replacing wpe."
+            )
+        self.register_buffer("stock_weight", None if stock is None else stock.weight.detach(), persistent=False)
+        self.stock_requires_grad = True if stock is None else stock.weight.requires_grad
 
     def forward(self, position_ids: torch.Tensor) -> torch.Tensor:
         # A 0-d tensor does not promote the embeddings' dtype (bf16 stays bf16).
         return torch.zeros((), device=position_ids.device)
+
+    def stock_embedding(self, model: GPT2Model) -> torch.nn.Embedding:
+        """The ``wpe`` to give back to ``model``: the kept table, in its current dtype and device.
+
+        A model built with wavelet positions has none: it gets a new table of
+        ``config.n_positions`` rows, initialised as GPT-2 initialises weights (train it before use).
+        """
+        weight = self.stock_weight
+        if weight is None:
+            reference = model.get_input_embeddings().weight
+            embedding = torch.nn.Embedding(model.config.n_positions, model.config.n_embd,
+                                           device=reference.device, dtype=reference.dtype)
+            model._init_weights(embedding)
+            return embedding
+        return torch.nn.Embedding(*weight.shape, _weight=weight, _freeze=not self.stock_requires_grad)
 
 
 class WavePosGPT2Attention(WavePosAttentionMixin, GPT2Attention):
@@ -68,18 +100,24 @@ class WavePosGPT2Attention(WavePosAttentionMixin, GPT2Attention):
 
 
 def drop_learned_positions(model: torch.nn.Module) -> None:
-    """Replace every GPT-2 ``wpe`` by `NoPositionEmbedding`, keeping the original aside."""
+    """Replace every GPT-2 ``wpe`` by `NoPositionEmbedding`, which keeps its table (`apply_wavepos`)."""
     for module in model.modules():
         if isinstance(module, GPT2Model) and not isinstance(module.wpe, NoPositionEmbedding):
-            module.__dict__[_SAVED_WPE] = module.wpe  # not a submodule: stays out of the state dict
+            module.wpe = NoPositionEmbedding(module.wpe)
+
+
+def build_without_learned_positions(model: torch.nn.Module) -> None:
+    """A model built with wavelet positions: every GPT-2 ``wpe`` becomes an empty `NoPositionEmbedding`."""
+    for module in model.modules():
+        if isinstance(module, GPT2Model):
             module.wpe = NoPositionEmbedding()
 
 
 def restore_learned_positions(model: torch.nn.Module) -> None:
-    """Undo `drop_learned_positions` (the original ``wpe`` module and its weights)."""
+    """Undo `drop_learned_positions`: ``wpe`` is an embedding again, with the kept table where it now is."""
     for module in model.modules():
-        if isinstance(module, GPT2Model) and _SAVED_WPE in module.__dict__:
-            module.wpe = module.__dict__.pop(_SAVED_WPE)
+        if isinstance(module, GPT2Model) and isinstance(module.wpe, NoPositionEmbedding):
+            module.wpe = module.wpe.stock_embedding(module)
 
 
 class WavePosGPT2Model(WavePosPreTrainedMixin, GPT2Model):
@@ -93,7 +131,7 @@ class WavePosGPT2LMHeadModel(WavePosPreTrainedMixin, GPT2LMHeadModel):
 
 
 # Stock class -> wavepos class, applied in place (conversion and construction); construction
-# also sets the learned positions aside.
+# also removes the learned positions.
 CLASS_MAP: dict[type, type] = link_classes(
-    WavePosGPT2Attention, WavePosGPT2Model, WavePosGPT2LMHeadModel, on_init=drop_learned_positions
+    WavePosGPT2Attention, WavePosGPT2Model, WavePosGPT2LMHeadModel, on_init=build_without_learned_positions
 )

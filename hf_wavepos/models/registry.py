@@ -62,7 +62,9 @@ class Architecture:
     """The config field holding how many positions the stock model's learned absolute embedding
     has (GPT-2: ``n_positions``); None for models without learned positions."""
     on_apply: Callable[[torch.nn.Module], None] | None = None
-    """Extra step of `apply_wavepos` after the classes are swapped (GPT-2: set ``wpe`` aside)."""
+    """Extra step of `apply_wavepos` after the classes are swapped (GPT-2: ``wpe`` becomes a module
+    that adds nothing). Whatever it keeps for `on_revert` must live in the module tree (a submodule,
+    or a non-persistent buffer to stay out of checkpoints), so it moves and casts with the model."""
     on_revert: Callable[[torch.nn.Module], None] | None = None
     """Extra step of `revert_wavepos` (GPT-2: restore ``wpe``)."""
 
@@ -156,7 +158,8 @@ def apply_wavepos(model: torch.nn.Module, config_or_preset: WavePosConfig | str 
     """Convert a loaded stock model to wavelet (or ALiBi / NoPE) positions, in place.
 
     Weights are kept; attention modules get the wavepos class (RoPE skipped, GPT-2's ``wpe``
-    set aside), and the config becomes the wavepos config type with a ``wavepos`` section, so
+    replaced by a module that adds nothing and keeps the table as a non-persistent buffer: it
+    follows ``.to()`` / ``.half()`` but stays out of ``state_dict``), and the config becomes the wavepos config type with a ``wavepos`` section, so
     ``save_pretrained`` writes a wavepos checkpoint. Applying to an already converted model
     replaces its position config.
 
@@ -192,7 +195,10 @@ def apply_wavepos(model: torch.nn.Module, config_or_preset: WavePosConfig | str 
 def revert_wavepos(model: torch.nn.Module) -> torch.nn.Module:
     """Undo `apply_wavepos` in place: the stock classes, config type and (GPT-2) ``wpe`` return.
 
-    A model converted by `apply_wavepos` gives bit-identical outputs to before its conversion.
+    A model converted by `apply_wavepos` gives bit-identical outputs to before its conversion,
+    in the dtype and on the device it has now (casts and moves after conversion carry the kept
+    state). A GPT-2 model built with wavelet positions has no learned table to give back: its
+    ``wpe`` is initialised as GPT-2 initialises new weights.
     """
     config = model.config
     arch = architecture_of(config.model_type)
