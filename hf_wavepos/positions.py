@@ -26,6 +26,7 @@ import torch
 
 from hf_wavepos.basis import wavelet_table
 from hf_wavepos.config import WavePosConfig
+from hf_wavepos.wavelets import get_wavelet
 
 
 def alibi_slopes(num_heads: int) -> torch.Tensor:
@@ -87,6 +88,25 @@ def positional_inputs(
     """
     length = table_length(needed)
     device = torch.device(device)
+    # The wavelet's registry entry is part of the key: re-registering a name never serves an old table.
+    wavelet = get_wavelet(config.wavelet) if config.method == "wavelet" else None
+    key = (config, wavelet, head_dim, num_heads, length, device, dtype)
+    hit = _POSITIONAL_INPUTS.get(key)
+    if hit is None:
+        hit = _positional_inputs(config, head_dim, num_heads, length, device, dtype)
+        if device.type != "meta":
+            if len(_POSITIONAL_INPUTS) >= 64:
+                _POSITIONAL_INPUTS.pop(next(iter(_POSITIONAL_INPUTS)))
+            _POSITIONAL_INPUTS[key] = hit
+    return hit
+
+
+# A plain dict (not functools.lru_cache): under torch.compile a hit is read as a constant input,
+# so a traced decoding step neither rebuilds the table nor depends on how it was built.
+_POSITIONAL_INPUTS: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
+
+
+def _positional_inputs(config, head_dim, num_heads, length, device, dtype):
     if config.method == "wavelet":
         return wavelet_table(config, head_dim, length, device, dtype), None
     table = _zeros(length, head_dim, device, dtype)

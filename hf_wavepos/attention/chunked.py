@@ -212,6 +212,8 @@ def chunked_backend(call: AttentionCall, chunk_size: int | None = DEFAULT_CHUNK_
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
     if call.q_len == 0:
         return call.q.new_zeros(call.q.shape)
+    if call.has_tensor_offset or (torch.compiler.is_compiling() and not _needs_grad(call)):
+        return static_shape_attention(call, chunk_size)
     # Half precisions are computed in float32 and rounded once at the end: on CPU that is no
     # slower, and every intermediate (logits, dS, dq) keeps float32 accuracy.
     half = call.q.dtype in (torch.float16, torch.bfloat16)
@@ -222,6 +224,47 @@ def chunked_backend(call: AttentionCall, chunk_size: int | None = DEFAULT_CHUNK_
     )
     out = _ChunkedWavePosAttention.apply(work.q, work.k, work.v, work, chunk_size)
     return out.to(call.q.dtype)
+
+
+def _needs_grad(call: AttentionCall) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in (call.q, call.k, call.v))
+
+
+def static_shape_attention(call: AttentionCall, chunk_size: int) -> torch.Tensor:
+    """The call computed with shapes only: (B, H, Lq, D) in q's dtype, rows that see no key zero.
+
+    What ``torch.compile`` traces: the query offset may be a tensor (a static cache's length,
+    kept on the device) and is never read on the host, so one graph serves every decoding step;
+    no ``nonzero`` / ``.item()`` / storage offsets. Each chunk of ``chunk_size`` queries scores
+    all Lk keys: the positional term is gathered from q . p[r] (r < Lk) at the distances m - n.
+    Causal skipping and the 1e-6 band need the offset and the table's values on the host, so
+    they are not applied (the exact formula). Memory O(chunk_size x Lk) per head; plain torch
+    ops, differentiated by autograd (used without gradients unless the offset is a tensor).
+    """
+    B, H, Lq, D = call.q.shape
+    Hkv, G, Lk, cdt = call.kv_heads, call.groups, call.k_len, _compute_dtype(call.q.dtype)
+    q, k, v = (t.to(cdt) for t in (call.q, call.k, call.v))
+    table = call.table[:Lk].detach().to(cdt)  # rows for distances 0 .. Lk - 1
+    keys = torch.arange(Lk, device=q.device)
+    q5 = (q * call.scaling).view(B, Hkv, G, Lq, D)
+    outs = []
+    for start in range(0, Lq, chunk_size):
+        stop = min(start + chunk_size, Lq)
+        q_c = q5[:, :, :, start:stop]  # (B, Hkv, G, c, D)
+        positions = torch.arange(start, stop, device=q.device) + call.q_offset  # (c,) on the device
+        distance = (positions[:, None] - keys[None, :]).clamp(min=0)  # (c, Lk); future keys masked below
+        logits = q_c @ k[:, :, None].transpose(-1, -2)  # (B, Hkv, G, c, Lk): q_i . k_n
+        logits = logits + (q_c @ table.T).gather(-1, distance.expand(*logits.shape))  # + q_i . p[m_i - n]
+        if call.alibi_slopes is not None:
+            bias = alibi_bias(positions, Lk, call.alibi_slopes.detach().to(cdt))  # (H, c, Lk)
+            logits = logits + bias.view(Hkv, G, stop - start, Lk)
+        rows = None if call.attn_mask is None else call.attn_mask[:, :, start:stop]
+        visible = visible_keys(positions, Lk, call.key_padding_mask, call.document_ids, rows)
+        logits = logits.masked_fill(~visible[:, :, None], float("-inf"))  # (B|1, 1, 1, c, Lk)
+        probs = torch.softmax(logits, dim=-1)  # out of place: autograd keeps softmax's output
+        probs = probs.nan_to_num(0.0) if call.rows_may_be_empty else probs
+        outs.append(probs @ v[:, :, None])  # (B, Hkv, G, c, D)
+    return torch.cat(outs, dim=3).reshape(B, H, Lq, D).to(call.q.dtype)
 
 
 def chunked_attention(

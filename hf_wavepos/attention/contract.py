@@ -21,6 +21,12 @@ of zeros and no gradient.
 returns an `AttentionCall`; `hf_wavepos.wavepos_attention` hands it to the chosen backend, whose
 registered function is ``fn(call)``. The call is a plain dataclass of tensors and Python numbers
 read from shapes (never from tensor values), so ``torch.compile`` traces it.
+
+The query offset is a Python int, except while ``torch.compile`` traces a call whose offset is
+a tensor (a static cache's length): it then stays a 0-d integer tensor, so that one graph serves
+every decoding step. Such a call scores every key (Lk is the static cache's size), its table has
+at least Lk rows, and backends compute it without reading the offset on the host
+(`has_tensor_offset`).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ class AttentionCall:
         scaling: logit scale (default 1/sqrt(D)).
         q_offset: absolute position of query 0, i.e. the number of cached keys before it;
             Lq = 1 with q_offset = Lk - 1 is one decoding step, Lk > q_offset + Lq a static cache.
+            A 0-d int64 tensor only while ``torch.compile`` traces a tensor offset (module docstring).
         key_padding_mask: (B, Lk) bool, True for real tokens (left padding, static caches), or None.
         document_ids: (B, Lk) integers; queries attend only to keys of their own document, or None.
         attn_mask: (B|1, 1, Lq, Lk) bool, True where a key may be attended (AND with causal), or
@@ -58,7 +65,7 @@ class AttentionCall:
     v: torch.Tensor
     table: torch.Tensor
     scaling: float
-    q_offset: int
+    q_offset: int | torch.Tensor
     key_padding_mask: torch.Tensor | None
     document_ids: torch.Tensor | None
     attn_mask: torch.Tensor | None
@@ -76,9 +83,15 @@ class AttentionCall:
         return self.heads // self.kv_heads
 
     @property
+    def has_tensor_offset(self) -> bool:
+        """True when q_offset is a tensor (traced static-cache step; see the module docstring)."""
+        return isinstance(self.q_offset, torch.Tensor)
+
+    @property
     def rows(self) -> int:
-        """Table rows the call uses: distances 0 .. q_offset + Lq - 1."""
-        return self.q_offset + self.q_len
+        """Table rows the call uses: distances 0 .. q_offset + Lq - 1 (with a tensor offset, the
+        bound Lk, a shape)."""
+        return self.k_len if self.has_tensor_offset else self.q_offset + self.q_len
 
     @property
     def rows_may_be_empty(self) -> bool:
@@ -151,25 +164,39 @@ def _check_qkv(q, k, v, table) -> tuple[int, int, int, int, int, int]:
     return B, H, Lq, D, Hkv, Lk
 
 
-def _static_offset(q_offset: int | torch.Tensor) -> int:
-    """The query offset as a Python int (a one-element tensor is read once, here)."""
+def _static_offset(q_offset: int | torch.Tensor) -> int | torch.Tensor:
+    """The query offset as a Python int (a one-element tensor is read once, here), or, while
+    ``torch.compile`` traces, a tensor offset as a 0-d int64 tensor (never read on the host)."""
     if isinstance(q_offset, torch.Tensor):
-        if q_offset.numel() != 1:
-            raise ValueError(f"q_offset must be a scalar (one offset for the batch), got shape {tuple(q_offset.shape)}.")
+        if q_offset.numel() != 1 or q_offset.is_floating_point() or q_offset.is_complex():
+            raise ValueError(
+                f"q_offset must be an integer scalar (one offset for the batch), got {q_offset.dtype} "
+                f"of shape {tuple(q_offset.shape)}."
+            )
+        if torch.compiler.is_compiling():
+            return q_offset.reshape(()).long()
         q_offset = int(q_offset.item())
     if isinstance(q_offset, bool) or not isinstance(q_offset, int) or q_offset < 0:
         raise ValueError(f"q_offset must be an integer >= 0 (cached tokens before the queries), got {q_offset!r}.")
     return q_offset
 
 
-def _check_offset_and_table(q_offset: int, table: torch.Tensor, Lq: int, Lk: int, D: int) -> None:
+def _check_offset_and_table(q_offset: int | torch.Tensor, table: torch.Tensor, Lq: int, Lk: int, D: int) -> None:
+    if table.dim() != 2 or table.shape[1] != D:
+        raise ValueError(f"table must have shape (length, head_dim={D}), got {tuple(table.shape)}.")
+    if isinstance(q_offset, torch.Tensor):  # traced: the bounds that hold for every offset
+        if Lq > Lk or table.shape[0] < Lk:
+            raise ValueError(
+                f"with a tensor q_offset the queries ({Lq}) must fit in the keys ({Lk}) and the table "
+                f"({table.shape[0]} rows) must cover every distance below the key length {Lk}; build it "
+                f"with wavelet_table(config, head_dim, length>={Lk})."
+            )
+        return
     if q_offset + Lq > Lk:
         raise ValueError(
             f"q_offset + q_len = {q_offset} + {Lq} exceeds the key length {Lk}: the keys must include "
             "the queries' own positions (update the KV cache before attending)."
         )
-    if table.dim() != 2 or table.shape[1] != D:
-        raise ValueError(f"table must have shape (length, head_dim={D}), got {tuple(table.shape)}.")
     if table.shape[0] < q_offset + Lq:
         raise ValueError(
             f"table has {table.shape[0]} rows but distances up to {q_offset + Lq - 1} occur; build it "

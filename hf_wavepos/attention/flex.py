@@ -125,6 +125,8 @@ def flex_backend(call: AttentionCall, max_band: int = FLEX_MAX_BAND) -> torch.Te
         ValueError: when the band R exceeds ``max_band`` (naming the backends that serve it).
     """
     q, Lq, off = call.q, call.q_len, call.q_offset
+    if call.has_tensor_offset:  # traced static cache: the block mask is built per offset (a graph break)
+        off = int(off)
     if Lq == 0:
         return q.new_zeros(q.shape)
     band = positional_band(call.table, call.rows, q.dtype)

@@ -35,12 +35,12 @@ def reference_with_probabilities(call: AttentionCall) -> tuple[torch.Tensor, tor
     k = call.k.repeat_interleave(G, dim=1)  # (B, H, Lk, D)
     v = call.v.repeat_interleave(G, dim=1)
 
-    m = torch.arange(off, off + Lq, device=q.device)  # (Lq,) query positions
+    m = torch.arange(Lq, device=q.device) + off  # (Lq,) query positions (off: int, or traced 0-d tensor)
     n = torch.arange(Lk, device=q.device)  # (Lk,) key positions
     distance = (m[:, None] - n[None, :]).clamp(min=0)  # (Lq, Lk); future keys are masked below
 
     content = q @ k.transpose(-1, -2)  # (B, H, Lq, Lk): q_m . k_n
-    q_dot_p = q @ call.table[: off + Lq].to(q.dtype).T  # (B, H, Lq, R): q_m . p[r]
+    q_dot_p = q @ call.table[: call.rows].to(q.dtype).T  # (B, H, Lq, R): q_m . p[r]
     position = q_dot_p.gather(-1, distance.expand(call.batch, call.heads, Lq, Lk))  # q_m . p[m - n]
 
     softmax_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32

@@ -82,19 +82,25 @@ def backend_for(attn_implementation: str | None, device: torch.device) -> str:
     )
 
 
-@functools.lru_cache(maxsize=32)
-def _parse_section(items: tuple) -> WavePosConfig:
-    return WavePosConfig.from_dict(dict(items))
+_PARSED_SECTIONS: dict[tuple, WavePosConfig] = {}
 
 
 def wavepos_config_of(config: Any) -> WavePosConfig:
-    """The `WavePosConfig` stored in a transformers config's ``wavepos`` section."""
+    """The `WavePosConfig` stored in a transformers config's ``wavepos`` section.
+
+    Parsed once per distinct section and memoised in a plain dict, which ``torch.compile`` reads
+    as a constant (it cannot build the dataclass inside a graph).
+    """
     section = getattr(config, "wavepos", None)
     if section is None:
         raise ValueError(f"{type(config).__name__} has no 'wavepos' section; convert with apply_wavepos first.")
     if isinstance(section, WavePosConfig):
         return section
-    return _parse_section(tuple(sorted(section.items())))
+    key = tuple(sorted((name, tuple(value) if isinstance(value, list) else value) for name, value in section.items()))
+    parsed = _PARSED_SECTIONS.get(key)
+    if parsed is None:
+        parsed = _PARSED_SECTIONS[key] = WavePosConfig.from_dict(section)
+    return parsed
 
 
 def visibility_from_hf_mask(attention_mask: Any, q_len: int, k_len: int) -> torch.Tensor | None:
@@ -120,17 +126,20 @@ def visibility_from_hf_mask(attention_mask: Any, q_len: int, k_len: int) -> torc
     return mask
 
 
-def cache_offset(cache: Any, layer_idx: int) -> int:
+def cache_offset(cache: Any, layer_idx: int) -> int | torch.Tensor:
     """Number of tokens already cached for this layer: the position of the first new query.
 
     Read before ``cache.update``; StaticCache returns a live tensor that update mutates, so the
-    value is taken now.
+    value is taken now: a Python int, or, while ``torch.compile`` traces, a copy of that tensor
+    (reading it on the host would cost a graph break and a new graph per decoding step).
     """
     if cache is None:
         return 0
     self_attention = getattr(cache, "self_attention_cache", cache)  # EncoderDecoderCache (GPT-2)
     length = self_attention.get_seq_length(layer_idx)
-    return int(length.item()) if isinstance(length, torch.Tensor) else int(length)
+    if not isinstance(length, torch.Tensor):
+        return int(length)
+    return length.clone() if torch.compiler.is_compiling() else int(length.item())
 
 
 class WavePosConfigMixin:
@@ -190,7 +199,7 @@ class WavePosAttentionMixin:
         value: torch.Tensor,
         attention_mask: Any,
         *,
-        q_offset: int,
+        q_offset: int | torch.Tensor,
         position_ids: torch.Tensor | None,
         document_ids: torch.Tensor | None = None,
         scaling: float,
@@ -202,7 +211,8 @@ class WavePosAttentionMixin:
             query: (B, H, Lq, D) projected queries, no rotary embedding.
             key, value: (B, Hkv, Lk, D) after the cache update.
             attention_mask: what transformers passes the attention module (None or 4-D).
-            q_offset: cached tokens before the first query (`cache_offset`).
+            q_offset: cached tokens before the first query (`cache_offset`: an int, or a 0-d
+                tensor while torch.compile traces a static cache).
             position_ids: (B|1, Lq) positions of the queries in their sequences (log-n scaling).
             document_ids: (B, Lk) ids of packed documents (`hf_wavepos.positions.packed_document_ids`,
                 decided by the base model), which never attend across a boundary; or None.
@@ -223,10 +233,12 @@ class WavePosAttentionMixin:
         B, H, Lq, D = query.shape
         if wp.log_n_scaling:
             if position_ids is None:
-                position_ids = torch.arange(q_offset, q_offset + Lq, device=query.device)[None]
+                position_ids = (torch.arange(Lq, device=query.device) + q_offset)[None]
             scale = log_n_scale(position_ids, wp.train_length).to(query.dtype)  # (B|1, Lq)
             query = query * scale[:, None, :, None]
-        table, slopes = positional_inputs(wp, D, H, q_offset + Lq, query.device, query.dtype)
+        # Sized by the key length, a shape (a static cache's size), never by the offset: every
+        # distance is below it, and decoding steps share one table.
+        table, slopes = positional_inputs(wp, D, H, key.shape[2], query.device, query.dtype)
         attn_mask = visibility_from_hf_mask(attention_mask, Lq, key.shape[2])
         backend = backend_for(getattr(self.config, "_attn_implementation", None), query.device)
         contract = dict(scaling=scaling, q_offset=q_offset, document_ids=document_ids, attn_mask=attn_mask,

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import torch
 
+from hf_wavepos.attention.chunked import chunked_backend
 from hf_wavepos.attention.contract import AttentionCall, attention_call
 from hf_wavepos.attention.triton.backward import attention_backward
 from hf_wavepos.attention.triton.decode import attention_decode
@@ -197,6 +198,8 @@ def triton_backend(
 
     Args:
         call: the validated call; (B, H, Lq, D) in q's dtype comes back, rows that see no key zero.
+            A call with a tensor offset (traced by torch.compile) is computed by
+            `hf_wavepos.attention.chunked.static_shape_attention` (one graph for every step).
         block: tile size (power of two >= 16); default from `default_config`.
         chunk: table columns per chunk for support skipping (power of two >= 16).
         decode: use the split-K decoding kernel; default: when no gradient is needed and
@@ -210,6 +213,10 @@ def triton_backend(
     _check_runnable(q)
     if call.q_len == 0 or call.k_len == 0:
         return q.new_zeros(q.shape)
+    if call.has_tensor_offset:
+        # A static-cache step traced by torch.compile keeps its offset on the device; the kernels
+        # take it as a host integer (one graph per step), so it is computed with shapes only.
+        return chunked_backend(call)
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     small = call.q_len <= DECODE_MAX_QUERIES and call.groups * call.q_len <= DECODE_MAX_ROWS
     if decode is None:
