@@ -8,8 +8,8 @@
     wavepos bench retrieval [--config retrieval_cpu|FILE.yaml] [--methods ...] [--out DIR]
     wavepos train CONFIG.yaml [section.key=value ...] [--recipe pretrain|continue|lora] [--resume_from_checkpoint latest]
     wavepos eval {ppl,passkey,needle,longdoc} ...      (see `wavepos eval --help`)
-    wavepos card MODEL_DIR --out FOLDER [--eval-run RUN --label NAME ...]
-    wavepos push MODEL_DIR REPO_ID [--eval-run RUN ...] [--private] [--revision BRANCH] [--dry-run --out FOLDER]
+    wavepos card MODEL_DIR --out FOLDER [--tokenizer PATH_OR_ID] [--eval-run RUN --label NAME ...]
+    wavepos push MODEL_DIR REPO_ID [--tokenizer PATH_OR_ID] [--eval-run RUN ...] [--private] [--revision BRANCH] [--dry-run --out FOLDER]
 """
 
 from __future__ import annotations
@@ -69,6 +69,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _card_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dir", help="folder of a saved wavepos model (with its tokenizer)")
+    parser.add_argument("--tokenizer", metavar="PATH_OR_ID",
+                        help="folder or Hub id of the model's tokenizer (default: MODEL_DIR)")
     parser.add_argument("--eval-run", help="evaluation run folder (`wavepos eval ... --out RUN`) for the card")
     parser.add_argument("--label", help="this model's label in the evaluation run")
     parser.add_argument("--name", help="display name (default: the output folder's or repository's name)")
@@ -85,11 +87,29 @@ def _recipe_text(value: str | None) -> str | None:
     return value
 
 
+def _tokenizer(args: argparse.Namespace):
+    """The tokenizer of ``card`` / ``push``: from --tokenizer, else from MODEL_DIR (remedy named)."""
+    from transformers import AutoTokenizer
+
+    source = args.tokenizer or args.model_dir
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        if args.tokenizer:
+            raise ValueError(f"no tokenizer could be loaded from --tokenizer {args.tokenizer} ({err}).") from err
+        raise ValueError(
+            f"{args.model_dir} holds no tokenizer ({err}). Give the model's tokenizer with --tokenizer PATH_OR_ID "
+            f"(the folder or Hub id it was saved to or trained with), or copy the tokenizer files into "
+            f"{args.model_dir} (tokenizer.json, tokenizer_config.json, special_tokens_map.json, ...)."
+        ) from err
+
+
 def _assemble(args: argparse.Namespace, out: Path, repo_id: str) -> Path:
     from hf_wavepos.hub import assemble_folder
 
+    tokenizer = _tokenizer(args)
     return assemble_folder(
-        args.model_dir, out, eval_run=args.eval_run, label=args.label, repo_id=repo_id,
+        args.model_dir, out, tokenizer=tokenizer, eval_run=args.eval_run, label=args.label, repo_id=repo_id,
         name=args.name or repo_id.split("/")[-1], base_model=args.base_model, datasets=args.dataset,
         license=args.license, recipe=_recipe_text(args.recipe), overwrite=args.overwrite,
     )

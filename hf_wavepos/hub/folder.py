@@ -96,7 +96,8 @@ def assemble_folder(
     Args:
         model: a wavepos model, or the path of a saved one (loaded with the plugin).
         out_dir: the folder to write; must be empty or absent unless ``overwrite``.
-        tokenizer: a tokenizer, or None to load one from ``model``'s folder (required there).
+        tokenizer: a tokenizer, the folder or Hub id to load it from, or None to load it from
+            ``model``'s folder (which must then hold one).
         eval_run, label: evaluation run folder and this model's label in it (for the card).
         repo_id: Hub id shown in the card's examples (default: ``name``).
         name: display name (default: the output folder's name).
@@ -123,13 +124,18 @@ def assemble_folder(
         model = AutoModelForCausalLM.from_pretrained(source)
     if not is_wavepos_model_type(str(getattr(model.config, "model_type", ""))):
         raise ValueError(f"{type(model).__name__} is not a wavepos model; convert it with hf_wavepos.apply_wavepos.")
-    if tokenizer is None:
-        if source is None:
-            raise ValueError("pass tokenizer=... (the model object carries none).")
+    if tokenizer is None and source is None:
+        raise ValueError("pass tokenizer= (a tokenizer, or the folder or Hub id to load it from): the model "
+                         "object carries none.")
+    if tokenizer is None or isinstance(tokenizer, (str, Path)):
+        where = source if tokenizer is None else tokenizer
         try:
-            tokenizer = AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(where)
         except (OSError, ValueError) as err:
-            raise ValueError(f"no tokenizer could be loaded from {source} ({err}); pass tokenizer=...") from err
+            raise ValueError(
+                f"no tokenizer could be loaded from {where} ({err}); pass tokenizer= (a tokenizer, or the folder "
+                "or Hub id to load it from)."
+            ) from err
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

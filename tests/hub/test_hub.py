@@ -153,3 +153,32 @@ def test_cli_card_and_push_dry_run(published, tmp_path, capsys):
         main(["push", str(root / "model"), "someone/tiny", "--dry-run"])
     assert exit_.value.code == 2
     assert "--dry-run writes the folder" in capsys.readouterr().err
+
+
+def test_cli_without_a_tokenizer_in_the_model_folder_names_the_command_line_remedy(published, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from hf_wavepos.cli import main
+
+    root, _, _, wavelet = published
+    bare = tmp_path / "bare"
+    wavelet.save_pretrained(bare)  # weights and config, no tokenizer files
+    for command in (["card", str(bare), "--out", str(tmp_path / "card")],
+                    ["push", str(bare), "someone/tiny", "--dry-run", "--out", str(tmp_path / "dry")]):
+        with pytest.raises(SystemExit) as exit_:
+            main(command)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert "--tokenizer PATH_OR_ID" in err and f"copy the tokenizer files into {bare}" in err
+        assert "tokenizer=" not in err  # no Python-API remedy for a command-line user
+    with pytest.raises(SystemExit):
+        main(["card", str(bare), "--out", str(tmp_path / "card"), "--tokenizer", str(tmp_path / "missing")])
+    assert f"no tokenizer could be loaded from --tokenizer {tmp_path / 'missing'}" in capsys.readouterr().err
+    # The remedy works: the tokenizer comes from the given folder and lands in the assembled one.
+    assert main(["card", str(bare), "--out", str(tmp_path / "card"), "--tokenizer", str(root / "model")]) == 0
+    assert AutoTokenizer.from_pretrained(tmp_path / "card").get_vocab() == AutoTokenizer.from_pretrained(
+        root / "model").get_vocab()
+    with pytest.raises(ValueError, match="tokenizer= .*a tokenizer, or the folder or Hub id to load it from"):
+        assemble_folder(bare, tmp_path / "api")
+    assemble_folder(bare, tmp_path / "api", tokenizer=root / "model")
+    check_folder(tmp_path / "api")
