@@ -225,13 +225,8 @@ def chunked_backend(call: AttentionCall, chunk_size: int | None = DEFAULT_CHUNK_
 
 
 def chunked_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    table: torch.Tensor,
-    *,
-    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
-    **contract: Any,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, *,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE, **contract: Any,
 ) -> torch.Tensor:
     """The ``chunked`` backend called directly: arguments, result and errors as
     `hf_wavepos.wavepos_attention` (the contract: `hf_wavepos.attention.contract.AttentionCall`),

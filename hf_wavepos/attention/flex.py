@@ -162,13 +162,8 @@ def flex_backend(call: AttentionCall, max_band: int = FLEX_MAX_BAND) -> torch.Te
 
 
 def flex_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    table: torch.Tensor,
-    *,
-    max_band: int = FLEX_MAX_BAND,
-    **contract: Any,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, *,
+    max_band: int = FLEX_MAX_BAND, **contract: Any,
 ) -> torch.Tensor:
     """The ``flex`` backend called directly: arguments, result and errors as
     `hf_wavepos.wavepos_attention` (the contract: `hf_wavepos.attention.contract.AttentionCall`),
