@@ -12,6 +12,9 @@ Wavelets live in a registry so users can add their own (`register_wavelet`). Eac
 ``radius``: |psi(t)| < 1e-6 for every |t| > radius. `wavelet_support` turns it into the
 distance R past which every entry of the table is below 1e-6, the only place a backend may
 skip work (METHOD.md, Sec. 1).
+
+This module is the one home of that rule: `CUTOFF`, `skip_cutoff` (per compute dtype) and the
+support of a given table (`column_supports`, `table_support`), which the attention backends call.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
     from hf_wavepos.config import WavePosConfig
 
 CUTOFF = 1e-6
-"""Magnitude below which a table entry may be treated as zero by a backend."""
+"""Magnitude below which a table entry may be treated as zero by a backend (METHOD.md, Sec. 1)."""
 
 WaveletFn = Callable[[torch.Tensor, "WavePosConfig"], torch.Tensor]
 
@@ -213,6 +216,41 @@ def wavelet_support(config: "WavePosConfig", head_dim: int) -> int | None:
         support = max(support, math.floor(edge) + 1)
     return support
 
+
+
+def skip_cutoff(dtype: torch.dtype) -> float:
+    """The cutoff a backend computing in ``dtype`` applies: `CUTOFF`, or 0.0 in float64.
+
+    float64 is the exact path (the reference, the tests): there only exact zeros are skipped.
+    """
+    return 0.0 if dtype == torch.float64 else CUTOFF
+
+
+def column_supports(table: torch.Tensor, cutoff: float = CUTOFF) -> torch.Tensor:
+    """Per column j of ``table`` (R, D): one more than the last row r with |p[r][j]| >= cutoff.
+
+    Exact zeros never count (so cutoff 0 skips only them); a column with no such row has support
+    0. Rows r >= support[j] may be skipped for column j. Tensor ops on the table's device, no
+    host synchronisation (kernels use it per chunk of columns).
+
+    Returns:
+        int64 tensor of shape (D,) on the table's device.
+    """
+    R, D = table.shape
+    if R == 0:
+        return torch.zeros(D, dtype=torch.int64, device=table.device)
+    significant = (table.abs() >= cutoff) & (table != 0)  # (R, D)
+    rank = torch.arange(1, R + 1, device=table.device)  # the support if row r is the last one
+    return torch.where(significant, rank[:, None], 0).amax(dim=0)
+
+
+def table_support(table: torch.Tensor, cutoff: float = CUTOFF) -> int:
+    """One more than the last row of ``table`` (R, D) with some |p[r][j]| >= cutoff (0 if none).
+
+    Rows past it may be skipped entirely. For a table of `wavelet_table` it is at most
+    `wavelet_support` (the bound the wavelet's radius gives). Reads one number to the host.
+    """
+    return int(column_supports(table, cutoff).max()) if table.shape[1] else 0
 
 
 def log_n_scale(positions: torch.Tensor, train_length: int) -> torch.Tensor:
