@@ -56,7 +56,7 @@ step() {  # step NAME LIMIT COMMAND...
 }
 
 step tests "$LIMIT_TESTS" python3 -m pytest -q -m gpu -p no:cacheprovider --maxfail=3 \
-    tests/test_attention_triton.py tests/test_attention_flex.py --junitxml="$OUT/gpu_tests.xml"
+    tests/attention/test_triton.py tests/attention/test_flex.py --junitxml="$OUT/gpu_tests.xml"
 step attention "$LIMIT_ATTENTION" python3 bench/attention_gpu.py --out-dir "$OUT" --flex-lengths 16384 --repeats 3
 step train "$LIMIT_TRAIN" python3 bench/train_gpu.py --out "$OUT/train_gpu.json" --work /tmp/bench_train
 echo "== $(date -u +%T) done; files in $OUT:"

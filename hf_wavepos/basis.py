@@ -20,7 +20,7 @@ import math
 import torch
 
 from hf_wavepos.config import WavePosConfig
-from hf_wavepos.wavelets import Wavelet, get_wavelet
+from hf_wavepos.wavelets import CUTOFF, Wavelet, get_wavelet
 
 
 # ---------------------------------------------------------------------------- the table
@@ -110,6 +110,42 @@ def wavelet_support(config: WavePosConfig, head_dim: int) -> int | None:
         edge = b + radius * a if config.sign_convention == "m-n" else radius * a - b
         support = max(support, math.floor(edge) + 1)
     return support
+
+
+
+def skip_cutoff(dtype: torch.dtype) -> float:
+    """The cutoff a backend computing in ``dtype`` applies: `CUTOFF`, or 0.0 in float64.
+
+    float64 is the exact path (the reference, the tests): there only exact zeros are skipped.
+    """
+    return 0.0 if dtype == torch.float64 else CUTOFF
+
+
+def column_supports(table: torch.Tensor, cutoff: float = CUTOFF) -> torch.Tensor:
+    """Per column j of ``table`` (R, D): one more than the last row r with |p[r][j]| >= cutoff.
+
+    Exact zeros never count (so cutoff 0 skips only them); a column with no such row has support
+    0. Rows r >= support[j] may be skipped for column j. Tensor ops on the table's device, no
+    host synchronisation (kernels use it per chunk of columns).
+
+    Returns:
+        int64 tensor of shape (D,) on the table's device.
+    """
+    R, D = table.shape
+    if R == 0:
+        return torch.zeros(D, dtype=torch.int64, device=table.device)
+    significant = (table.abs() >= cutoff) & (table != 0)  # (R, D)
+    rank = torch.arange(1, R + 1, device=table.device)  # the support if row r is the last one
+    return torch.where(significant, rank[:, None], 0).amax(dim=0)
+
+
+def table_support(table: torch.Tensor, cutoff: float = CUTOFF) -> int:
+    """One more than the last row of ``table`` (R, D) with some |p[r][j]| >= cutoff (0 if none).
+
+    Rows past it may be skipped entirely. For a table of `wavelet_table` it is at most
+    `wavelet_support` (the bound the wavelet's radius gives). Reads one number to the host.
+    """
+    return int(column_supports(table, cutoff).max()) if table.shape[1] else 0
 
 
 def log_n_scale(positions: torch.Tensor, train_length: int) -> torch.Tensor:

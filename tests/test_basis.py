@@ -6,6 +6,7 @@ import torch
 from hf_wavepos import WavePosConfig, register_wavelet, wavelet_support, wavelet_table
 from hf_wavepos.basis import log_n_scale
 from hf_wavepos.wavelets import CUTOFF, get_wavelet, registered_wavelets
+from hf_wavepos.basis import column_supports, skip_cutoff, table_support
 
 CLOSED_FORMS = {
     "ricker": lambda t: (1 - t * t) * math.exp(-t * t / 2),
@@ -101,3 +102,21 @@ def test_log_n_scale():
     assert scale[:2].tolist() == [1.0, 1.0]
     assert scale[2].item() == pytest.approx(math.log(513) / math.log(512))
     assert scale[4].item() == pytest.approx(math.log(4096) / math.log(512))
+
+
+@pytest.mark.parametrize("sign", ["m-n", "n-m"])
+def test_table_support_is_the_one_skipping_rule(sign):
+    """column_supports / table_support: the rows a backend may skip, bounded by wavelet_support."""
+    config = WavePosConfig(num_scales=4, sign_convention=sign)
+    table = wavelet_table(config, 32, 200, dtype=torch.float64)
+    per_column = column_supports(table)
+    assert per_column.shape == (32,) and per_column.dtype == torch.int64
+    for j, r in enumerate(per_column.tolist()):
+        assert r < 200 and table[r:, j].abs().max() < CUTOFF  # 'n-m' puts some peaks in the future: r = 0
+        assert r == 0 or table[r - 1, j].abs() >= CUTOFF
+    assert table_support(table) == per_column.max() <= wavelet_support(config, 32)
+    assert table[table_support(table):].abs().max() < CUTOFF
+    exact = column_supports(table, skip_cutoff(torch.float64))  # float64: only exact zeros skip
+    assert skip_cutoff(torch.float64) == 0.0 and skip_cutoff(torch.bfloat16) == CUTOFF
+    assert (exact >= per_column).all() and table_support(torch.zeros(10, 4)) == 0
+    assert column_supports(table[:0]).tolist() == [0] * 32

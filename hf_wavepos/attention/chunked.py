@@ -4,7 +4,8 @@ Algorithm (one chunk of c queries at positions m0 .. m1 = m0 + c - 1):
 
 1. Causal skipping: only keys n < K = min(Lk, m1 + 1) can be visible.
 2. Band skipping (the 1e-6 rule of METHOD.md): let R be one more than the largest distance whose
-   table row has an entry >= 1e-6 (in float64: any non-zero entry, so float64 stays exact). Keys n < kb = max(0, m0 - R + 1) are at distance >= R from
+   table row has an entry >= 1e-6 (`hf_wavepos.basis.table_support`; in float64: any non-zero
+   entry, so float64 stays exact). Keys n < kb = max(0, m0 - R + 1) are at distance >= R from
    every query of the chunk, so their positional term is skipped; distances 0 .. m1 - kb remain.
    For the paper's small scales R is ~ 6 x the largest scale, for large scales kb is 0.
 3. One matmul gives both terms. With P_rev[u] = p[m1 - kb - u] (u = 0 .. m1 - kb), a zero row,
@@ -38,10 +39,10 @@ from typing import Any
 import torch
 
 from hf_wavepos.attention.contract import AttentionCall, alibi_bias, attention_call, visible_keys
+from hf_wavepos.basis import skip_cutoff, table_support
 
 DEFAULT_CHUNK_SIZE = None  # adaptive: see `auto_chunk_size`
 CHUNK_ELEMENTS = 1 << 19  # logits per chunk (all heads) the adaptive size aims for: 2 MiB in float32
-BAND_CUTOFF = 1e-6  # the 1e-6 rule of METHOD.md (hf_wavepos.basis.CUTOFF; attention does not import basis)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -58,16 +59,6 @@ def auto_chunk_size(batch: int, heads: int, q_len: int, k_len: int) -> int:
     per_query = max(1, batch * heads * 2 * k_len)  # positional block + keys
     size = max(64, min(1024, CHUNK_ELEMENTS // per_query))
     return min(q_len, size - size % 64 if size >= 64 else size)
-
-
-def table_support(table: torch.Tensor, cutoff: float = BAND_CUTOFF) -> int:
-    """One more than the largest row r of ``table`` (R, D) with some |p[r][j]| >= cutoff.
-
-    Rows past it may be skipped (0 if no row counts). float64 calls use cutoff 0, so that they
-    skip only exact zeros and stay exact.
-    """
-    significant = ((table.abs() >= cutoff) & (table != 0)).any(dim=1).nonzero()
-    return int(significant.max()) + 1 if significant.numel() else 0
 
 
 def _keys_with_table(k: torch.Tensor, table: torch.Tensor, rows: int) -> torch.Tensor:
@@ -143,7 +134,7 @@ class _ChunkedWavePosAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, call: AttentionCall, chunk_size: int):
         B, H, Lq, D = q.shape
         G, cdt = call.groups, _compute_dtype(q.dtype)
-        support = table_support(call.table[: call.rows], 0.0 if cdt == torch.float64 else BAND_CUTOFF)
+        support = table_support(call.table[: call.rows], skip_cutoff(cdt))
         qs5 = (q * call.scaling).view(B, call.kv_heads, G, Lq, D)
         kp = _keys_with_table(k, call.table, call.rows)
         out = q.new_empty(B, call.kv_heads, G, Lq, D)
@@ -268,13 +259,8 @@ def static_shape_attention(call: AttentionCall, chunk_size: int) -> torch.Tensor
 
 
 def chunked_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    table: torch.Tensor,
-    *,
-    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
-    **contract: Any,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, *,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE, **contract: Any,
 ) -> torch.Tensor:
     """The ``chunked`` backend called directly: arguments, result and errors as
     `hf_wavepos.wavepos_attention` (the contract: `hf_wavepos.attention.contract.AttentionCall`),

@@ -3,7 +3,7 @@
 Algorithm (Eq. 10 with the contract of `hf_wavepos.attention.contract`):
 
 1. Band. R = one more than the largest distance whose table row has an entry >= 1e-6
-   (`chunked.table_support`, over the distances that occur, 0 .. q_offset + Lq - 1; float64
+   (`hf_wavepos.basis.table_support`, over the distances that occur, 0 .. q_offset + Lq - 1; float64
    skips only exact zeros). Past R the positional term is skipped (the METHOD.md rule).
 2. QP = q @ p[0 .. R-1]^T, shape (B, H, Lq, R), in q's dtype, computed *outside* FlexAttention
    by an ordinary matmul, so autograd carries the gradient of the wavelet term to q (p is fixed).
@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from hf_wavepos.attention.chunked import BAND_CUTOFF, table_support
 from hf_wavepos.attention.contract import AttentionCall, attention_call
+from hf_wavepos.basis import skip_cutoff, table_support
 
 FLEX_MAX_BAND = 4096
 """Largest band R (distances with a significant table row) the flex backend accepts."""
@@ -65,7 +65,7 @@ def flex_available() -> bool:
 
 def positional_band(table: torch.Tensor, rows: int, dtype: torch.dtype) -> int:
     """R: one more than the last distance < ``rows`` whose row of ``table`` matters (cached)."""
-    cutoff = 0.0 if dtype == torch.float64 else BAND_CUTOFF
+    cutoff = skip_cutoff(dtype)
     key = (table.data_ptr(), tuple(table.shape), table.dtype, table.device, table._version, rows, cutoff)
     hit = _band_cache.get(key)
     if hit is not None and hit[0]() is table:
@@ -164,13 +164,8 @@ def flex_backend(call: AttentionCall, max_band: int = FLEX_MAX_BAND) -> torch.Te
 
 
 def flex_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    table: torch.Tensor,
-    *,
-    max_band: int = FLEX_MAX_BAND,
-    **contract: Any,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, *,
+    max_band: int = FLEX_MAX_BAND, **contract: Any,
 ) -> torch.Tensor:
     """The ``flex`` backend called directly: arguments, result and errors as
     `hf_wavepos.wavepos_attention` (the contract: `hf_wavepos.attention.contract.AttentionCall`),

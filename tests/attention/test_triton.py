@@ -1,10 +1,13 @@
-"""Triton kernels against the float64 reference: forward, every gradient, decoding.
+"""What is particular to the Triton kernels: chunk supports, decoding, torch.compile, tile errors.
 
-Without a GPU the kernels run on CPU tensors through Triton's interpreter, at small odd shapes.
+Their agreement with the float64 reference on every case of the contract (forward and every
+gradient) is in test_conformance.py. Without a GPU the kernels run on CPU tensors through Triton's
+interpreter, at small odd shapes.
 TRITON_INTERPRET=1 must be set before triton is first imported (``import hf_wavepos`` imports it
 through torch._dynamo): this module sets it at the top, which suffices when it is imported first;
 when another module imported triton earlier in the same pytest run, the kernel tests here are
-deselected and `test_kernels_in_a_fresh_interpreter_process` runs this file in a fresh process.
+deselected and `test_kernels_in_a_fresh_interpreter_process` runs them (and the triton cases of
+test_conformance.py) in a fresh process.
 On a CUDA machine the same cases run compiled on the GPU, plus the cases marked ``gpu``.
 
 The rule is FlashAttention's: the error against the float64 truth is at most twice that of plain
@@ -26,12 +29,12 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
+from attention_cases import DEVICE, PAPER, TWO_CHUNKS, assert_within_twice_plain, make_inputs  # noqa: E402
 from hf_wavepos import WavePosConfig, wavelet_table  # noqa: E402
 from hf_wavepos.attention import reference_attention  # noqa: E402
 from hf_wavepos.attention.triton import interpreter_ready, triton_attention, triton_decode_attention  # noqa: E402
 from hf_wavepos.attention.triton.support import chunk_supports  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNELS_RUN_HERE = DEVICE == "cuda" or interpreter_ready()
 kernel_test = pytest.mark.skipif(
     not KERNELS_RUN_HERE, reason="triton was imported before TRITON_INTERPRET=1: run in a fresh process below"
@@ -40,47 +43,16 @@ kernel_test = pytest.mark.skipif(
 
 @pytest.mark.skipif(KERNELS_RUN_HERE, reason="the kernel tests run in this process")
 def test_kernels_in_a_fresh_interpreter_process():
-    """Runs this file where TRITON_INTERPRET=1 precedes the first import of triton."""
+    """Runs the kernel tests where TRITON_INTERPRET=1 precedes the first import of triton."""
     env = dict(os.environ, TRITON_INTERPRET="1", HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
+    conformance = str(Path(__file__).with_name("test_conformance.py"))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, conformance, "-k", "triton"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200, cwd=Path(__file__).parents[2])
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "failed" not in done.stdout
     q = torch.zeros(1, 1, 4, 16)
     with pytest.raises(ValueError, match="set after triton was imported"):  # and here, a clear error
         triton_attention(q, q, q, torch.zeros(4, 16))
-# D = 32 in chunks of 16: scales 1, 2 (support 19) | scales 4, 8 (support 53). Tiles of 16 see
-# blocks with both chunks, with only the second, and far tiles with none.
-TWO_CHUNKS = WavePosConfig(num_scales=4)
-PAPER = WavePosConfig()  # scales up to 128 at D = 32: the term reaches every distance here
-
-
-def make_inputs(B, H, Hkv, Lq, Lk, D, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(B, h, n, D, generator=gen, dtype=torch.float64) for h, n in ((H, Lq), (Hkv, Lk), (Hkv, Lk))]
-
-
-def errors_vs_truth(fn, q, k, v, table64, dtype, **kwargs):
-    """Max abs error of fn run in ``dtype`` against the float64 reference: [out, dq, dk, dv]."""
-    q, k, v = (t.requires_grad_() for t in (q, k, v))
-    extra64 = {key: val.double() if torch.is_tensor(val) and val.is_floating_point() else val
-               for key, val in kwargs.items()}
-    truth = reference_attention(q, k, v, table64, **extra64)
-    grad = torch.randn(truth.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
-    truth_grads = torch.autograd.grad(truth, (q, k, v), grad)
-    low = [t.detach().to(DEVICE, dtype).requires_grad_() for t in (q, k, v)]
-    extra = {key: val.to(DEVICE) if torch.is_tensor(val) else val for key, val in kwargs.items()}
-    out = fn(*low, table64.to(DEVICE, dtype), **extra)
-    grads = torch.autograd.grad(out, low, grad.to(DEVICE, dtype))
-    return [(a.double().cpu() - b).abs().max().item() for a, b in zip((out, *grads), (truth, *truth_grads))]
-
-
-def assert_within_twice_plain(q, k, v, table64, dtype, fn, **kwargs):
-    plain = errors_vs_truth(reference_attention, q.clone(), k.clone(), v.clone(), table64, dtype, **kwargs)
-    ours = errors_vs_truth(fn, q, k, v, table64, dtype, **kwargs)
-    floor = 1e-6 if dtype == torch.float32 else 1e-3
-    for name, e_ours, e_plain in zip(["out", "dq", "dk", "dv"], ours, plain):
-        assert e_ours <= 2 * e_plain + floor, f"{name}: {e_ours:.3g} vs plain PyTorch {e_plain:.3g}"
 
 
 def kernels(block):
@@ -88,19 +60,9 @@ def kernels(block):
 
 
 @kernel_test
-@pytest.mark.parametrize("length", [1, 17, 127, 128])
-@pytest.mark.parametrize("config", [TWO_CHUNKS, PAPER], ids=["two_chunks", "paper"])
-def test_forward_and_gradients_within_twice_plain_pytorch(length, config):
-    q, k, v = make_inputs(1, 2, 1, length, length, 32, seed=length)
-    table = wavelet_table(config, 32, length, dtype=torch.float64)
-    block = 16 if length < 100 else 32  # the interpreter is slow: fewer, larger tiles at L >= 100
-    assert_within_twice_plain(q, k, v, table, torch.float32, kernels(block))
-
-
-@kernel_test
 def test_chunks_in_any_order_and_odd_head_dim():
     """Supports need not grow with the column index (a permuted table); D = 24 is padded to 32."""
-    q, k, v = make_inputs(1, 1, 1, 50, 50, 24, seed=3)
+    q, k, v = make_inputs(1, 1, 1, 50, 50, 24, seed=3, requires_grad=False)
     table = wavelet_table(WavePosConfig(num_scales=3), 24, 50, dtype=torch.float64).flip(1)
     sup = chunk_supports(table, 16)
     assert sup.by_chunk[0] > sup.by_chunk[1] > 0 and sup.order.tolist() == [1, 0]
@@ -108,48 +70,11 @@ def test_chunks_in_any_order_and_odd_head_dim():
 
 
 @kernel_test
-@pytest.mark.parametrize("Lq, Lk, q_offset", [(5, 40, 35), (20, 50, 10)], ids=["prefill_chunk", "static_cache"])
-def test_grouped_query_attention_with_query_offset(Lq, Lk, q_offset):
-    """Queries at positions q_offset.. over a cache; a static cache also holds keys past them."""
-    q, k, v = make_inputs(1, 2, 1, Lq, Lk, 32, seed=4)
-    table = wavelet_table(TWO_CHUNKS, 32, Lk, dtype=torch.float64)
-    assert_within_twice_plain(q, k, v, table, torch.float32, kernels(16), q_offset=q_offset)
-
-
-@kernel_test
-@pytest.mark.parametrize("case", ["padding+alibi", "documents+dense_mask"])
-def test_masks_and_alibi(case):
-    """Left padding (rows that see no key get zeros and no gradient), packed documents, a dense
-    (B, 1, L, L) mask and ALiBi slopes (the peer method), each against the reference."""
-    B, H, Hkv, L, D = 2, 2, 1, 33, 32
-    q, k, v = make_inputs(B, H, Hkv, L, L, D, seed=6)
-    table = wavelet_table(TWO_CHUNKS, D, L, dtype=torch.float64)
-    if case == "padding+alibi":
-        pad = torch.ones(B, L, dtype=torch.bool)
-        pad[0, :12] = False
-        kwargs = dict(key_padding_mask=pad, alibi_slopes=torch.tensor([0.5, 0.0625]))
-    else:
-        docs = torch.zeros(B, L, dtype=torch.long)
-        docs[1, 9:] = 1
-        docs[1, 20:] = 2
-        dense = torch.rand(1, 1, L, L, generator=torch.Generator().manual_seed(5)) > 0.3
-        kwargs = dict(document_ids=docs, attn_mask=dense)
-    assert_within_twice_plain(q, k, v, table, torch.float32, kernels(16), **kwargs)
-
-
-@kernel_test
-def test_float16_within_twice_plain_pytorch():
-    q, k, v = make_inputs(1, 2, 1, 40, 40, 32, seed=8)
-    table = wavelet_table(TWO_CHUNKS, 32, 40, dtype=torch.float64)
-    assert_within_twice_plain(q, k, v, table, torch.float16, kernels(16))
-
-
-@kernel_test
 @pytest.mark.parametrize("Lq", [1, 3])
 def test_decoding_kernel_over_a_cache(Lq):
     """Split-K decoding (3 slices of the cache), GQA rows spanning heads, padding and ALiBi."""
     B, H, Hkv, Lk, D = 2, 4, 2, 70, 32
-    q, k, v = make_inputs(B, H, Hkv, Lq, Lk, D, seed=9)
+    q, k, v = make_inputs(B, H, Hkv, Lq, Lk, D, seed=9, requires_grad=False)
     table = wavelet_table(TWO_CHUNKS, D, Lk, dtype=torch.float64)
     pad = torch.ones(B, Lk, dtype=torch.bool)
     pad[1, :30] = False
@@ -170,7 +95,7 @@ def test_decoding_kernel_over_a_cache(Lq):
 @kernel_test
 def test_torch_compile_traces_the_custom_ops_without_graph_breaks():
     """fullgraph=True: the kernels are opaque custom ops with fake implementations and autograd."""
-    q, k, v = (t.float().to(DEVICE).requires_grad_() for t in make_inputs(1, 2, 1, 20, 20, 32, seed=13))
+    q, k, v = (t.float().to(DEVICE).requires_grad_() for t in make_inputs(1, 2, 1, 20, 20, 32, seed=13, requires_grad=False))
     table = wavelet_table(TWO_CHUNKS, 32, 20, device=DEVICE)
     backend = "inductor" if DEVICE == "cuda" else "aot_eager"
     compiled = torch.compile(lambda *a: triton_attention(*a, block=16), backend=backend, fullgraph=True)
@@ -195,7 +120,7 @@ def test_chunk_supports_follow_the_cutoff():
 
 @kernel_test
 def test_bad_inputs_raise_clear_errors(monkeypatch):
-    q, k, v = make_inputs(1, 2, 1, 4, 4, 16)
+    q, k, v = make_inputs(1, 2, 1, 4, 4, 16, requires_grad=False)
     table = torch.zeros(4, 16, dtype=torch.float64)
     with pytest.raises(ValueError, match="float16, bfloat16 and float32"):
         triton_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), table.to(DEVICE))
@@ -235,7 +160,7 @@ def test_gpu_benchmark_script_runs_end_to_end_in_cpu_smoke_mode(tmp_path, monkey
 @pytest.mark.parametrize("length", [127, 1000, 2048])
 def test_gpu_bfloat16_presets_within_twice_plain_pytorch(preset, length):
     config = WavePosConfig.from_preset(preset)
-    q, k, v = make_inputs(2, 4, 2, length, length, 128, seed=10)
+    q, k, v = make_inputs(2, 4, 2, length, length, 128, seed=10, requires_grad=False)
     table = wavelet_table(config, 128, length, dtype=torch.float64)
     assert_within_twice_plain(q, k, v, table, torch.bfloat16, triton_attention)
 
@@ -244,7 +169,7 @@ def test_gpu_bfloat16_presets_within_twice_plain_pytorch(preset, length):
 @pytest.mark.parametrize("preset", ["oka2025-4k", "long"])
 def test_gpu_decoding_over_a_long_cache(preset):
     config = WavePosConfig.from_preset(preset)
-    q, k, v = make_inputs(1, 8, 2, 1, 5000, 128, seed=11)
+    q, k, v = make_inputs(1, 8, 2, 1, 5000, 128, seed=11, requires_grad=False)
     table = wavelet_table(config, 128, 5000, dtype=torch.float64)
     want = reference_attention(q, k, v, table, q_offset=4999)
     plain = reference_attention(*(t.bfloat16() for t in (q, k, v, table)), q_offset=4999)

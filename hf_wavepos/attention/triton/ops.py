@@ -242,15 +242,8 @@ def _masks(call: AttentionCall) -> tuple:
 
 
 def triton_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    table: torch.Tensor,
-    *,
-    block: int | None = None,
-    chunk: int | None = None,
-    decode: bool | None = None,
-    **contract: Any,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, *,
+    block: int | None = None, chunk: int | None = None, decode: bool | None = None, **contract: Any,
 ) -> torch.Tensor:
     """The ``triton`` backend called directly: arguments, result and errors as
     `hf_wavepos.wavepos_attention` (the contract: `hf_wavepos.attention.contract.AttentionCall`),
@@ -259,15 +252,8 @@ def triton_attention(
 
 
 def triton_decode_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    table: torch.Tensor,
-    *,
-    chunk: int | None = None,
-    block_n: int | None = None,
-    n_splits: int | None = None,
-    **contract: Any,
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, *,
+    chunk: int | None = None, block_n: int | None = None, n_splits: int | None = None, **contract: Any,
 ) -> torch.Tensor:
     """Decoding step(s) over a KV cache with the split-K kernel (no autograd).
 

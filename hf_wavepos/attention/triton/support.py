@@ -3,7 +3,7 @@
 The kernels split the head dimension into chunks of ``chunk`` columns. Chunk c may be skipped
 for a block of distances [d, d + n) when every entry of p[r] in that chunk is below the 1e-6
 cutoff for r >= d (METHOD.md, Sec. 1): ``support[c]`` is one more than the largest such row
-with a significant entry. Sorting the chunks by support lets a kernel find the chunks a block
+with a significant entry, the largest `hf_wavepos.basis.column_supports` of its columns. Sorting the chunks by support lets a kernel find the chunks a block
 needs with one comparison: they are the sorted positions ``first .. n_chunks - 1`` with
 ``first = #{c : support[c] <= d}``.
 
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-CUTOFF = 1e-6  # hf_wavepos.basis.CUTOFF (attention does not import basis)
+from hf_wavepos.basis import CUTOFF, column_supports
+
 _CACHE_SIZE = 32
 
 
@@ -84,16 +85,9 @@ def chunk_supports(table: torch.Tensor, chunk: int, cutoff: float = CUTOFF) -> C
 
 
 def _compute(table: torch.Tensor, chunk: int, cutoff: float, n_chunks: int) -> ChunkSupports:
-    R, D = table.shape
     with torch.no_grad():
-        significant = (table.abs() >= cutoff) & (table != 0)  # (R, D)
-        if n_chunks * chunk > D:
-            significant = torch.cat([significant, significant.new_zeros(R, n_chunks * chunk - D)], dim=1)
-        per_chunk = significant.view(R, n_chunks, chunk).any(dim=-1)  # (R, n_chunks)
-        rank = torch.arange(1, R + 1, device=table.device, dtype=torch.int32)  # support if r is last
-        if R:
-            by_chunk = torch.where(per_chunk, rank[:, None], 0).amax(dim=0).to(torch.int32)
-        else:
-            by_chunk = torch.zeros(n_chunks, dtype=torch.int32, device=table.device)
+        per_column = column_supports(table, cutoff)  # (D,)
+        padded = torch.nn.functional.pad(per_column, (0, n_chunks * chunk - table.shape[1]))  # support 0
+        by_chunk = padded.view(n_chunks, chunk).amax(dim=-1).to(torch.int32)
         sorted_support, order = torch.sort(by_chunk, stable=True)
     return ChunkSupports(by_chunk, sorted_support.to(torch.int32), order.to(torch.int32), chunk)
