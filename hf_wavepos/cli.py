@@ -8,6 +8,8 @@
     wavepos bench retrieval [--config bench/configs/retrieval_cpu.yaml] [--methods ...] [--out DIR]
     wavepos train CONFIG.yaml [section.key=value ...] [--recipe pretrain|continue|lora] [--resume_from_checkpoint latest]
     wavepos eval {ppl,passkey,needle,longdoc} ...      (see `wavepos eval --help`)
+    wavepos convert SRC OUT --position PRESET_OR_JSON [--train-length N] [--gguf-file NAME]   (SRC: folder, Hub id or GGUF)
+    wavepos bench conversion [--config bench/configs/conversion_cpu.yaml] [--methods ...] [--out DIR]
     wavepos card MODEL_DIR --out FOLDER [--eval-run RUN --label NAME ...]
     wavepos push MODEL_DIR REPO_ID [--eval-run RUN ...] [--private] [--revision BRANCH] [--dry-run --out FOLDER]
 """
@@ -147,6 +149,16 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from hf_wavepos.convert import convert_checkpoint
+
+    report = convert_checkpoint(args.src, args.out, args.position, train_length=args.train_length,
+                                gguf_file=args.gguf_file, dtype=args.dtype, overwrite=args.overwrite,
+                                trust_remote_code=args.trust_remote_code)
+    print(report.describe())
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from hf_wavepos.training import run_recipe
 
@@ -191,6 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--rescore", metavar="RUN", help="score the models of a finished run again (no training)")
             command.add_argument("--eval-documents", type=int, help="with --rescore: number of held-out long files")
 
+    convert = sub.add_parser("convert", help="convert a pretrained RoPE / GPT-2 checkpoint (folder, Hub id, GGUF) to wavepos")
+    convert.add_argument("src", help="model folder, Hub id, .gguf file, or a folder holding one .gguf file")
+    convert.add_argument("out", help="folder to write the wavepos checkpoint to")
+    convert.add_argument("--position", required=True, metavar="PRESET_OR_JSON",
+                         help=f"{', '.join(sorted(PRESETS))}, a wavepos JSON dict (e.g. '{{\"preset\": \"long\", "
+                              "\"num_scales\": 8}'), or rope (keep the stock positions: re-save, e.g. GGUF -> safetensors)")
+    convert.add_argument("--train-length", type=int, help="recalibration length in tokens (log-n scaling starts past it)")
+    convert.add_argument("--gguf-file", help="the GGUF file inside SRC when it holds several")
+    convert.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    convert.add_argument("--trust-remote-code", action="store_true", help="allow the source's own modelling code")
+    convert.set_defaults(func=_convert)
+
     train = sub.add_parser("train", help="run a training recipe (same as recipes/<recipe>.py; see recipes/README.md)")
     train.add_argument("config", help="experiment YAML, e.g. recipes/configs/tiny_cpu.yaml")
     train.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=20")
@@ -228,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
+    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as err:
         parser.exit(2, f"wavepos {args.command}: error: {err}\n")
 
 
