@@ -134,6 +134,7 @@ def revert_wavepos(model: torch.nn.Module) -> torch.nn.Module:
     config.__class__ = config_class
     for name in ("wavepos", "auto_map"):
         config.__dict__.pop(name, None)
+    config.__dict__.pop("model_type", None)  # a loaded wavepos config may hold its type on the instance
     if instance_model_type is not None:
         config.__dict__["model_type"] = instance_model_type
     return model

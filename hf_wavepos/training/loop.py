@@ -40,6 +40,7 @@ from hf_wavepos.data.packing import IGNORE_INDEX, collate_blocks
 from hf_wavepos.training import checkpoint as ckpt
 from hf_wavepos.training.batches import BatchPlan
 from hf_wavepos.training.config import TrainConfig
+from hf_wavepos.training.distill import build_distiller
 from hf_wavepos.training.inputs import load_documents, load_run_tokenizer, prepare_batches
 from hf_wavepos.training.lora import lora_config, merge_adapter, wrap_lora
 from hf_wavepos.training.modeling import check_model_inputs, instantiate_model, model_config, resolve_position
@@ -51,7 +52,7 @@ SUMMARY_FILE = "train_summary.json"
 
 # Settings that decide which data a step sees and which network it trains: a resumed run must
 # keep them (the budget, logging, evaluation and checkpoint settings may change).
-RESUME_FIXED = ("model", "data", "lora", "train.seed", "train.global_batch_size", "optim", "schedule")
+RESUME_FIXED = ("model", "data", "lora", "distill", "train.seed", "train.global_batch_size", "optim", "schedule")
 
 
 @dataclass
@@ -227,6 +228,7 @@ def train(config: TrainConfig, resume_from_checkpoint: str | None = None) -> Tra
         if config.optim.max_grad_norm is not None:
             deepspeed.deepspeed_config["gradient_clipping"] = config.optim.max_grad_norm
     model = instantiate_model(config.model, hf_config, position, seed=config.train.seed)
+    distiller = build_distiller(config, accelerator.device, hf_config.vocab_size)  # None unless distill.enabled
     model_type = type(model.config).model_type  # after conversion, e.g. wavepos_llama
     model.config.use_cache = False
     if config.train.gradient_checkpointing:
@@ -263,6 +265,11 @@ def train(config: TrainConfig, resume_from_checkpoint: str | None = None) -> Tra
     scale_base = plan.num_processes * plan.accumulation_steps
     timer_start, timed_tokens = None, 0
     train_loss = val_loss = None
+    if config.eval.at_start and start_step == 0:  # step 0: e.g. right after a position conversion
+        val_loss = evaluate(model, batches.validation, accelerator, plan.per_device_batch_size)
+        accelerator.log({"eval/loss": val_loss}, step=0)
+        if accelerator.is_main_process:
+            _write_metrics(output_dir, {"step": 0, "val_loss": val_loss})
     last_saved = start_step if resume is not None else -1
     for step in range(start_step, max_steps):
         micro = [{k: v.to(accelerator.device) for k, v in mb.items()} for mb in batches.train.micro_batches(step)]
@@ -274,6 +281,8 @@ def train(config: TrainConfig, resume_from_checkpoint: str | None = None) -> Tra
             with accelerator.accumulate(model):
                 logits = model(input_ids=mb["input_ids"], position_ids=mb["position_ids"]).logits
                 summed = token_loss_sum(logits, mb["labels"])
+                if distiller is not None:  # weight x KL to the teacher + (1 - weight) x next-token loss
+                    summed = distiller.loss_sum(summed, logits, mb)
                 # accelerate divides by the accumulation steps and DDP averages over processes:
                 # the gradient becomes sum over the global batch / number of its targets.
                 accelerator.backward(summed * (scale_base / global_targets))
