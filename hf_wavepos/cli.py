@@ -123,7 +123,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    """``wavepos bench extrapolation|retrieval``: the config file (or the quick one), a method subset."""
+    """``wavepos bench extrapolation|retrieval|conversion``: the config file (or the quick one), a method subset."""
     import dataclasses
 
     if getattr(args, "rescore", None):
@@ -132,6 +132,15 @@ def _bench(args: argparse.Namespace) -> int:
         if args.eval_documents is None:
             raise ValueError("--rescore needs --eval-documents N (how many held-out long files to score).")
         rescore_run(args.rescore, Path(args.out), args.eval_documents)
+        return 0
+    if args.benchmark == "conversion":
+        from hf_wavepos.experiments.conversion import ConversionConfig, run_conversion
+
+        config = ConversionConfig.from_yaml(args.config)
+        if args.methods:
+            config = config.subset(tuple(args.methods.split(",")))
+        command = f"wavepos bench conversion --config {args.config}" + (f" --methods {args.methods}" if args.methods else "")
+        run_conversion(config, Path(args.out), command=f"{command} --out {args.out}")
         return 0
     if args.benchmark == "extrapolation":
         from hf_wavepos.demo import QUICK
@@ -192,12 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks comparing position methods").add_subparsers(
         dest="benchmark", metavar="BENCHMARK", required=True)
     for name, what in (("extrapolation", "train each method identically, perplexity up to 16x L_train"),
-                       ("retrieval", "train each method on corpus + passkey samples, accuracy up to 16x L_train")):
+                       ("retrieval", "train each method on corpus + passkey samples, accuracy up to 16x L_train"),
+                       ("conversion", "convert a pretrained RoPE model, recalibrate each method identically, compare")):
         command = bench.add_parser(name, help=what)
         command.add_argument("--config", default=f"bench/configs/{name}_cpu.yaml", help="YAML of settings")
         command.add_argument("--methods", help="comma-separated subset, e.g. rope,long,alibi")
         command.add_argument("--out", default=f"runs/{name}", help="output folder")
-        command.add_argument("--quick", action="store_true", help="toy sizes (for tests)")
+        if name != "conversion":
+            command.add_argument("--quick", action="store_true", help="toy sizes (for tests)")
         command.set_defaults(func=_bench)
         if name == "extrapolation":
             command.add_argument("--rescore", metavar="RUN", help="score the models of a finished run again (no training)")
