@@ -33,7 +33,8 @@ accuracy by length), ``recovery.{csv,png}``, ``perplexity.{json,csv,png}``, ``pa
 (+ a heatmap per method and ``passkey_by_length.png``), ``extension/`` (the long-context scores),
 ``run.json`` (the evaluation manifest), ``README.md`` (the table), and — not for committing — the
 stock checkpoint (``stock/``) and the trained models (``models/``). A method whose
-``models/<method>/train_summary.json`` exists is not trained again (a stopped run continues).
+``models/<method>/train_summary.json`` exists is not trained again, and its ``scores.json`` is
+reused when the evaluation settings match, so a long benchmark can run in several sittings.
 """
 
 from __future__ import annotations
@@ -379,19 +380,94 @@ def write_readme(summary: dict[str, Any], out: Path, command: str | None = None)
         "",
         markdown_table(summary),
         "",
-        f"Wall time: {summary['seconds'] / 60:.0f} min.",
+        f"Training time of the trained methods: {sum(r.get('train_minutes', 0) for r in summary['methods'].values()):.0f} "
+        f"min; wall time of the last sitting: {summary['seconds'] / 60:.0f} min (trainings and scores of earlier "
+        "sittings are reused, not repeated).",
     ]
     path = out / "README.md"
     path.write_text("\n".join(text) + "\n")
     return path
 
 
+def _train_method(config: ConversionConfig, method: str, stock: Path, out: Path, label: str) -> dict[str, Any]:
+    """Train one method (or reuse its finished run); return its training record and recovery curve."""
+    from hf_wavepos.training import train
+
+    run_dir = out / "models" / slug(method)
+    summary_file = run_dir / "train_summary.json"
+    if summary_file.is_file():
+        print(f"{label} {method}: trained earlier, reusing {run_dir}", flush=True)
+        record = json.loads(summary_file.read_text())
+    else:
+        print(f"{label} training {method} ({RECIPES[parse_method(method)[1]]}): {config.steps} steps x "
+              f"{config.global_batch_size} blocks of {config.block_size}", flush=True)
+        t0 = time.time()
+        result = train(train_config(config, method, stock, out))
+        record = dict(result.summary, seconds=time.time() - t0)
+        summary_file.write_text(json.dumps(record, indent=2) + "\n")
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # optimiser state: not needed here
+    tokens_per_step = config.global_batch_size * config.block_size
+    curve = recovery_curve(run_dir, tokens_per_step)
+    return {"folder": record["final_model"], "trained_tokens": config.steps * tokens_per_step,
+            "train_minutes": record["seconds"] / 60, "tokens_per_second": record.get("tokens_per_second"),
+            "trainable_parameters": record.get("trainable_parameters"), "recovery": curve,
+            "final_perplexity": curve[-1]["perplexity"]}
+
+
+def _scores(config: ConversionConfig, method: str, folder: str, out: Path, tokenizer: Any, texts: dict[str, list[str]],
+            descriptions: dict[str, str]) -> dict[str, Any]:
+    """Perplexity by length, at the extension length and passkey accuracy of one method. Each part is
+    saved in ``scores.json`` next to the model with its settings and reused by a later run with the
+    same settings (another part's settings may change)."""
+    from hf_wavepos.eval.passkey import run_passkey
+    from hf_wavepos.eval.perplexity import perplexity_report
+
+    extended = bool(config.extension_length) and method in (config.methods if config.extension_methods is None
+                                                             else config.extension_methods)
+    settings = {
+        "perplexity": {"lengths": config.lengths, "documents": descriptions["main"], "rope_factor": config.rope_factor},
+        "passkey": {"lengths": config.passkey_lengths, "depths": list(config.passkey_depths), "rope_factor":
+                    config.rope_factor, "samples": config.passkey_samples, "haystack": config.passkey_haystack,
+                    "seed": config.seed},
+    }
+    if extended:
+        settings["extension"] = {"length": config.extension_length, "documents": descriptions["extension"],
+                                 "rope_factor": config.rope_factor}
+    where = (out / "models" if parse_method(method)[1] != "zero-shot" else out / "zero-shot") / slug(method)
+    cache = where / "scores.json"
+    saved = json.loads(cache.read_text()) if cache.is_file() else {}
+    scores = {part: saved[part] for part in settings if part in saved and saved[part]["settings"] == settings[part]}
+    todo = [part for part in settings if part not in scores]
+    if not todo:
+        print(f"    {method}: scores of an earlier run reused ({cache})", flush=True)
+        return scores
+    model = load_method_model(config, method, folder)
+    for part in todo:
+        t0 = time.time()
+        if part == "perplexity":
+            result = perplexity_report([(method, model, tokenizer)], texts["main"], config.lengths,
+                                       batch_size=config.eval_batch_size)["results"][method]
+        elif part == "extension":
+            result = perplexity_report([(method, model, tokenizer)], texts["extension"],
+                                       [config.extension_length])["results"][method]
+        else:
+            result = run_passkey(model, tokenizer, config.passkey_lengths, list(config.passkey_depths),
+                                 num_samples=config.passkey_samples, haystack=config.passkey_haystack,
+                                 seed=config.seed, label=method)
+        scores[part] = {"settings": settings[part], "result": result, "seconds": time.time() - t0}
+        where.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({**saved, **scores}, indent=2) + "\n")
+    return scores
+
+
 def run_conversion(config: ConversionConfig, out: str | Path, command: str | None = None) -> dict[str, Any]:
-    """Prepare the stock checkpoint, train every method, evaluate, write the results (module docstring).
+    """Prepare the stock checkpoint, then per method: train (or reuse), score (or reuse); write the
+    results (see the module docstring).
 
     Args:
         config: the benchmark.
-        out: output folder (created; a finished method found there is not trained again).
+        out: output folder (created; trainings and scores found there from an earlier run with the same
+            settings are reused, so a long benchmark can run in several sittings).
         command: the command line recorded in the results.
 
     Returns:
@@ -401,53 +477,51 @@ def run_conversion(config: ConversionConfig, out: str | Path, command: str | Non
 
     from hf_wavepos.convert import convert_checkpoint
     from hf_wavepos.data import load_text_splits
-    from hf_wavepos.eval.passkey import run_passkey
-    from hf_wavepos.eval.perplexity import perplexity_report
     from hf_wavepos.eval.plots import plot_accuracy_by_length
     from hf_wavepos.eval.report import write_csv, write_perplexity, write_retrieval
     from hf_wavepos.extrapolation import run_record
-    from hf_wavepos.training import train
 
     out = Path(out)
     started = time.time()
     if config.threads:
         torch.set_num_threads(config.threads)
     out.mkdir(parents=True, exist_ok=True)
-    trained_methods = [m for m in config.methods if parse_method(m)[1] != "zero-shot"]
-    total = len(trained_methods) + 4
+    total = len(config.methods) + 1
     stock = out / "stock"
     print(f"[1/{total}] stock checkpoint from {config.source} -> {stock}", flush=True)
     if not (stock / "config.json").is_file():
         print(convert_checkpoint(config.source, stock, "rope", gguf_file=config.gguf_file, overwrite=True).describe(),
               flush=True)
     tokenizer = AutoTokenizer.from_pretrained(stock)
-    tokens_per_step = config.global_batch_size * config.block_size
+    heldout = list(load_text_splits("stdlib", validation_size=config.heldout_documents, seed=config.seed,
+                                    max_documents=config.train_documents).validation["text"])
+    texts, descriptions = {}, {}
+    texts["main"], descriptions["main"] = long_documents(heldout, tokenizer, max(config.lengths), config.eval_documents)
+    if config.extension_length:
+        texts["extension"], descriptions["extension"] = long_documents(
+            heldout, tokenizer, config.extension_length, config.extension_documents)
+    print(f"      perplexity at {config.lengths} tokens on {descriptions['main']}"
+          + (f"; at {config.extension_length} on {descriptions['extension']}" if config.extension_length else "")
+          + f"; passkey at {config.passkey_lengths} tokens", flush=True)
 
-    methods: dict[str, dict[str, Any]] = {m: {} for m in config.methods}
-    folders: dict[str, str] = {}
-    for i, method in enumerate(trained_methods, start=2):
-        run_dir = out / "models" / slug(method)
-        summary_file = run_dir / "train_summary.json"
-        if summary_file.is_file():
-            print(f"[{i}/{total}] {method}: finished earlier, reusing {run_dir}", flush=True)
-            record = json.loads(summary_file.read_text())
+    methods: dict[str, dict[str, Any]] = {}
+    scores: dict[str, dict[str, Any]] = {}
+    for i, method in enumerate(config.methods, start=2):
+        label = f"[{i}/{total}]"
+        if parse_method(method)[1] == "zero-shot":
+            print(f"{label} {method}: zero-shot (no training)", flush=True)
+            methods[method] = {"folder": str(stock)}
         else:
-            print(f"[{i}/{total}] training {method} ({RECIPES[parse_method(method)[1]]}): {config.steps} steps x "
-                  f"{config.global_batch_size} blocks of {config.block_size}", flush=True)
-            t0 = time.time()
-            result = train(train_config(config, method, stock, out))
-            record = dict(result.summary, seconds=time.time() - t0)
-            summary_file.write_text(json.dumps(record, indent=2) + "\n")
-            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # optimiser state: not needed here
-        folders[method] = record["final_model"]
-        curve = recovery_curve(run_dir, tokens_per_step)
-        methods[method].update(
-            trained_tokens=config.steps * tokens_per_step, train_minutes=record["seconds"] / 60,
-            tokens_per_second=record.get("tokens_per_second"), trainable_parameters=record.get("trainable_parameters"),
-            recovery=curve, final_perplexity=curve[-1]["perplexity"],
-        )
-    for method in config.methods:
-        folders.setdefault(method, str(stock))
+            methods[method] = _train_method(config, method, stock, out, label)
+        scores[method] = _scores(config, method, methods[method]["folder"], out, tokenizer, texts, descriptions)
+        row = methods[method]
+        row["perplexity"] = {str(r["length"]): r["perplexity"] for r in scores[method]["perplexity"]["result"]}
+        if "extension" in scores[method]:
+            row["extension_perplexity"] = scores[method]["extension"]["result"][0]["perplexity"]
+            row["extension_seconds_per_document"] = scores[method]["extension"]["seconds"] / len(texts["extension"])
+        passkey = scores[method]["passkey"]["result"]
+        row["passkey"] = {str(n): sum(r[j] for r in passkey["accuracy"]) / len(passkey["depths"])
+                          for j, n in enumerate(passkey["lengths"])}
 
     target = methods[config.control]["final_perplexity"]
     recovery_rows = []
@@ -460,62 +534,18 @@ def run_conversion(config: ConversionConfig, out: str | Path, command: str | Non
     write_csv(recovery_rows, out / "recovery.csv")
     plot_recovery({m: r["recovery"] for m, r in methods.items() if r.get("recovery")}, target, out / "recovery.png",
                   f"recovery at {config.block_size} tokens ({config.global_batch_size} blocks per step)")
-
-    splits = load_text_splits("stdlib", validation_size=config.heldout_documents, seed=config.seed,
-                              max_documents=config.train_documents)
-    heldout = list(splits.validation["text"])
-    texts, description = long_documents(heldout, tokenizer, max(config.lengths), config.eval_documents)
-    step = len(trained_methods) + 2
-    print(f"[{step}/{total}] full-sequence perplexity at {config.lengths} tokens on {len(texts)} documents "
-          f"({description})", flush=True)
-
-    def models(names):
-        for method in names:
-            yield method, load_method_model(config, method, folders[method]), tokenizer
-
-    report = perplexity_report(models(config.methods), texts, config.lengths, batch_size=config.eval_batch_size,
-                               source=f"stdlib held-out ({description})")
-    write_perplexity(report, out, train_length=config.block_size)
-    for method, rows in report["results"].items():
-        methods[method]["perplexity"] = {str(r["length"]): r["perplexity"] for r in rows}
-
-    extension = None
-    ext_methods = list(config.methods if config.extension_methods is None else config.extension_methods)
-    if config.extension_length and ext_methods:
-        ext_texts, ext_description = long_documents(heldout, tokenizer, config.extension_length,
-                                                    config.extension_documents)
-        print(f"[{step + 1}/{total}] perplexity at {config.extension_length} tokens on {len(ext_texts)} documents "
-              f"({ext_description}) for {', '.join(ext_methods)}", flush=True)
-        timed = {}
-
-        def timed_models():
-            for method, model, tok in models(ext_methods):
-                t0 = time.time()
-                yield method, model, tok
-                timed[method] = (time.time() - t0) / len(ext_texts)
-
-        ext_report = perplexity_report(timed_models(), ext_texts, [config.extension_length], source=ext_description)
-        write_perplexity(ext_report, out / "extension", train_length=config.block_size)
-        for method, rows in ext_report["results"].items():
-            methods[method]["extension_perplexity"] = rows[0]["perplexity"]
-            methods[method]["extension_seconds_per_document"] = timed.get(method)
-        extension = {"length": config.extension_length, "documents": ext_description, "methods": ext_methods}
-    else:
-        ext_description = None
-
-    print(f"[{total}/{total}] passkey at {config.passkey_lengths} tokens, depths {list(config.passkey_depths)}, "
-          f"{config.passkey_samples} samples each", flush=True)
-    passkey = {}
-    for method in config.methods:
-        model = load_method_model(config, method, folders[method])
-        passkey[method] = run_passkey(model, tokenizer, config.passkey_lengths, list(config.passkey_depths),
-                                      num_samples=config.passkey_samples, haystack=config.passkey_haystack,
-                                      seed=config.seed, label=method)
-        by_length = {n: sum(row[j] for row in passkey[method]["accuracy"]) / len(config.passkey_depths)
-                     for j, n in enumerate(config.passkey_lengths)}
-        methods[method]["passkey"] = {str(n): a for n, a in by_length.items()}
-        del model
-    write_retrieval(passkey, out, "passkey")
+    protocol = {"mode": "full", "stride": None, "num_texts": len(texts["main"]), "max_tokens": None}
+    write_perplexity({"task": "perplexity", "protocol": {**protocol, "lengths": config.lengths,
+                                                         "source": f"stdlib held-out ({descriptions['main']})"},
+                      "results": {m: s["perplexity"]["result"] for m, s in scores.items()}}, out,
+                     train_length=config.block_size)
+    extension = {m: s["extension"]["result"] for m, s in scores.items() if "extension" in s}
+    if extension:
+        write_perplexity({"task": "perplexity", "protocol": {**protocol, "num_texts": len(texts["extension"]),
+                                                             "lengths": [config.extension_length],
+                                                             "source": descriptions["extension"]},
+                          "results": extension}, out / "extension", train_length=config.block_size)
+    write_retrieval({m: s["passkey"]["result"] for m, s in scores.items()}, out, "passkey")
     plot_accuracy_by_length({m: {int(n): a for n, a in methods[m]["passkey"].items()} for m in config.methods},
                             config.block_size, out / "passkey_by_length.png",
                             f"passkey accuracy ({config.passkey_samples} x {len(config.passkey_depths)} depths per length)")
@@ -524,9 +554,12 @@ def run_conversion(config: ConversionConfig, out: str | Path, command: str | Non
         "benchmark": "converting a pretrained RoPE model: recovery, perplexity by length, passkey",
         "source_model": config.source if not config.gguf_file else f"{config.source}/{config.gguf_file}",
         "command": command, **run_record(config), "passkey_lengths": config.passkey_lengths,
-        "control": config.control, "control_perplexity": target, "perplexity_documents": len(texts),
-        "perplexity_documents_description": description, "extension": extension,
-        "extension_documents_description": ext_description, "methods": methods, "seconds": time.time() - started,
+        "control": config.control, "control_perplexity": target, "perplexity_documents": len(texts["main"]),
+        "perplexity_documents_description": descriptions["main"],
+        "extension": {"length": config.extension_length, "documents": descriptions["extension"],
+                      "methods": list(extension)} if extension else None,
+        "extension_documents_description": descriptions.get("extension"), "methods": methods,
+        "seconds": time.time() - started,
     }
     (out / "conversion.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_readme(summary, out, command)
