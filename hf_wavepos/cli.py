@@ -8,6 +8,8 @@
     wavepos bench retrieval [--config retrieval_cpu|FILE.yaml] [--methods ...] [--out DIR]
     wavepos train CONFIG.yaml [section.key=value ...] [--recipe pretrain|continue|lora] [--resume_from_checkpoint latest]
     wavepos eval {ppl,passkey,needle,longdoc} ...      (see `wavepos eval --help`)
+    wavepos convert SRC OUT --position PRESET_OR_JSON [--train-length N] [--gguf-file NAME]   (SRC: folder, Hub id or GGUF)
+    wavepos bench conversion [--config conversion_cpu|FILE.yaml] [--methods ...] [--out DIR]
     wavepos card MODEL_DIR --out FOLDER [--tokenizer PATH_OR_ID] [--eval-run RUN --label NAME ...]
     wavepos push MODEL_DIR REPO_ID [--tokenizer PATH_OR_ID] [--eval-run RUN ...] [--private] [--revision BRANCH] [--dry-run --out FOLDER]
 """
@@ -142,7 +144,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    """``wavepos bench extrapolation|retrieval``: the config file (or the quick one), a method subset."""
+    """``wavepos bench extrapolation|retrieval|conversion``: the config file (or the quick one), a method subset."""
     import dataclasses
 
     if getattr(args, "rescore", None):
@@ -151,6 +153,15 @@ def _bench(args: argparse.Namespace) -> int:
         if args.eval_documents is None:
             raise ValueError("--rescore needs --eval-documents N (how many held-out long files to score).")
         rescore_run(args.rescore, Path(args.out), args.eval_documents)
+        return 0
+    if args.benchmark == "conversion":
+        from hf_wavepos.experiments.conversion import ConversionConfig, run_conversion
+
+        config = ConversionConfig.from_yaml(args.config)
+        if args.methods:
+            config = config.subset(tuple(args.methods.split(",")))
+        command = f"wavepos bench conversion --config {args.config}" + (f" --methods {args.methods}" if args.methods else "")
+        run_conversion(config, Path(args.out), command=f"{command} --out {args.out}")
         return 0
     if args.benchmark == "extrapolation":
         from hf_wavepos.experiments.demo import QUICK
@@ -165,6 +176,16 @@ def _bench(args: argparse.Namespace) -> int:
     if args.methods:
         config = dataclasses.replace(config, methods=tuple(args.methods.split(",")))
     run(config, Path(args.out))
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from hf_wavepos.convert import convert_checkpoint
+
+    report = convert_checkpoint(args.src, args.out, args.position, train_length=args.train_length,
+                                gguf_file=args.gguf_file, dtype=args.dtype, overwrite=args.overwrite,
+                                trust_remote_code=args.trust_remote_code)
+    print(report.describe())
     return 0
 
 
@@ -201,17 +222,32 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks comparing position methods").add_subparsers(
         dest="benchmark", metavar="BENCHMARK", required=True)
     for name, what in (("extrapolation", "train each method identically, perplexity up to 16x L_train"),
-                       ("retrieval", "train each method on corpus + passkey samples, accuracy up to 16x L_train")):
+                       ("retrieval", "train each method on corpus + passkey samples, accuracy up to 16x L_train"),
+                       ("conversion", "convert a pretrained RoPE model, recalibrate each method identically, compare")):
         command = bench.add_parser(name, help=what)
         command.add_argument("--config", default=f"{name}_cpu",
                              help=f"a shipped config ({name}_cpu, {name}_gpu) or a YAML file of settings")
         command.add_argument("--methods", help="comma-separated subset, e.g. rope,long,alibi")
         command.add_argument("--out", default=f"runs/{name}", help="output folder")
-        command.add_argument("--quick", action="store_true", help="toy sizes (for tests)")
+        if name != "conversion":
+            command.add_argument("--quick", action="store_true", help="toy sizes (for tests)")
         command.set_defaults(func=_bench)
         if name == "extrapolation":
             command.add_argument("--rescore", metavar="RUN", help="score the models of a finished run again (no training)")
             command.add_argument("--eval-documents", type=int, help="with --rescore: number of held-out long files")
+
+    convert = sub.add_parser("convert", help="convert a pretrained RoPE / GPT-2 checkpoint (folder, Hub id, GGUF) to wavepos")
+    convert.add_argument("src", help="model folder, Hub id, .gguf file, or a folder holding one .gguf file")
+    convert.add_argument("out", help="folder to write the wavepos checkpoint to")
+    convert.add_argument("--position", required=True, metavar="PRESET_OR_JSON",
+                         help=f"{', '.join(sorted(PRESETS))}, a wavepos JSON dict (e.g. '{{\"preset\": \"long\", "
+                              "\"num_scales\": 8}'), or rope (keep the stock positions: re-save, e.g. GGUF -> safetensors)")
+    convert.add_argument("--train-length", type=int, help="recalibration length in tokens (log-n scaling starts past it)")
+    convert.add_argument("--gguf-file", help="the GGUF file inside SRC when it holds several")
+    convert.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    convert.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    convert.add_argument("--trust-remote-code", action="store_true", help="allow the source's own modelling code")
+    convert.set_defaults(func=_convert)
 
     train = sub.add_parser("train", help="run a training recipe (same as recipes/<recipe>.py; see recipes/README.md)")
     train.add_argument("config", help="experiment YAML, e.g. recipes/configs/tiny_cpu.yaml")
@@ -250,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as err:
+    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as err:
         parser.exit(2, f"wavepos {args.command}: error: {err}\n")
 
 

@@ -2,6 +2,7 @@
 
 - `hf_wavepos.experiments.extrapolation`: ``wavepos bench extrapolation`` (perplexity by length)
 - `hf_wavepos.experiments.retrieval`: ``wavepos bench retrieval`` (passkey accuracy by length)
+- `hf_wavepos.experiments.conversion`: ``wavepos bench conversion`` (convert a pretrained RoPE model, recalibrate, compare)
 - `hf_wavepos.experiments.demo`: ``wavepos demo`` (the extrapolation benchmark at demo size + a Hub folder)
 - `hf_wavepos.experiments.attention_speed`: CPU speed and memory of the attention paths
 - `hf_wavepos.experiments.basis_plot`: the plot behind ``wavepos basis --plot``

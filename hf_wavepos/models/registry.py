@@ -152,6 +152,11 @@ def architecture_of(model_type: str) -> Architecture:
 
 
 _ORIGINAL = "_wavepos_original_config_class"
+# from_pretrained records the stock class's checkpoint renames (GPT-NeoX: embed_out -> lm_head) on the
+# instance for save_pretrained to undo; the wavepos classes load without them, so a converted model
+# sets them aside and saves its parameters under their own names.
+_WEIGHT_CONVERSIONS = "_weight_conversions"
+_SAVED_CONVERSIONS = "_wavepos_stock_weight_conversions"
 
 
 def apply_wavepos(model: torch.nn.Module, config_or_preset: WavePosConfig | str | dict = "oka2025") -> torch.nn.Module:
@@ -184,6 +189,8 @@ def apply_wavepos(model: torch.nn.Module, config_or_preset: WavePosConfig | str 
     if config.model_type == arch.stock_model_type:
         # from_pretrained may store model_type on the instance, hiding the class attribute.
         model.__dict__[_ORIGINAL] = (type(config), config.__dict__.pop("model_type", None))
+        if _WEIGHT_CONVERSIONS in model.__dict__:
+            model.__dict__[_SAVED_CONVERSIONS] = model.__dict__.pop(_WEIGHT_CONVERSIONS)
         config.__class__ = arch.config_class
         swap_classes(model, arch.class_map)
         if arch.on_apply is not None:
@@ -208,9 +215,12 @@ def revert_wavepos(model: torch.nn.Module) -> torch.nn.Module:
     if arch.on_revert is not None:
         arch.on_revert(model)
     config_class, instance_model_type = model.__dict__.pop(_ORIGINAL, (arch.stock_config_class, None))
+    if _SAVED_CONVERSIONS in model.__dict__:
+        model.__dict__[_WEIGHT_CONVERSIONS] = model.__dict__.pop(_SAVED_CONVERSIONS)
     config.__class__ = config_class
     for name in ("wavepos", "auto_map"):
         config.__dict__.pop(name, None)
+    config.__dict__.pop("model_type", None)  # a loaded wavepos config may hold its type on the instance
     if instance_model_type is not None:
         config.__dict__["model_type"] = instance_model_type
     return model

@@ -8,6 +8,7 @@ A config has these sections (every key is optional and has a default; see each f
     optim:      AdamW settings and gradient clipping
     schedule:   warm-up and decay of the learning rate
     lora:       PEFT LoRA (and LongLoRA's trainable embeddings / norms)
+    distill:    self-distillation from a teacher (default: the checkpoint before its position conversion)
     checkpoint: how often training state is saved and how many are kept
     eval:       how often and on how many held-out blocks the validation loss is measured
     log:        trackers (TensorBoard), logging interval, run name
@@ -231,6 +232,25 @@ class LoraSection:
 
 
 @dataclass
+class DistillSection:
+    """Knowledge distillation (Hinton et al., 2015): KL to a teacher's logits on the same blocks."""
+
+    enabled: bool = _help("Add the distillation term to the loss (hf_wavepos.training.distill).", False)
+    teacher: str | None = _help(
+        "Teacher checkpoint (folder or Hub name). None: model.pretrained with its original positions (a wavepos "
+        "checkpoint is reverted to its stock RoPE): self-distillation of a converted model from itself.", None
+    )
+    weight: float = _help("Share of the KL term: loss = weight x KL + (1 - weight) x next-token loss.", 1.0)
+    temperature: float = _help("Softmax temperature of both distributions (the KL is scaled by T^2).", 1.0)
+
+    def validate(self) -> None:
+        if not 0 < self.weight <= 1:
+            raise ValueError(f"distill.weight must be in (0, 1], got {self.weight}.")
+        if not self.temperature > 0:
+            raise ValueError(f"distill.temperature must be > 0, got {self.temperature}.")
+
+
+@dataclass
 class CheckpointSection:
     """Training-state checkpoints (model, optimiser, scheduler, RNG, data position)."""
 
@@ -250,6 +270,7 @@ class EvalSection:
 
     every_steps: int | None = _help("Evaluate every this many steps (None: only at the end).", None)
     max_blocks: int = _help("Held-out blocks per evaluation.", 64)
+    at_start: bool = _help("Also evaluate before the first step (step 0: e.g. right after a position conversion).", False)
 
     def validate(self) -> None:
         if self.every_steps is not None and self.every_steps < 1:
@@ -281,6 +302,7 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     schedule: ScheduleSection = field(default_factory=ScheduleSection)
     lora: LoraSection = field(default_factory=LoraSection)
+    distill: DistillSection = field(default_factory=DistillSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     eval: EvalSection = field(default_factory=EvalSection)
     log: LogSection = field(default_factory=LogSection)
@@ -293,6 +315,8 @@ class TrainConfig:
                 value.validate()
         if self.lora.enabled and self.model.pretrained is None:
             raise ValueError("lora.enabled needs model.pretrained (LoRA adapts an existing checkpoint).")
+        if self.distill.enabled and self.distill.teacher is None and self.model.pretrained is None:
+            raise ValueError("distill.enabled needs distill.teacher or model.pretrained (the default teacher).")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":

@@ -129,6 +129,8 @@ def train(config: TrainConfig, resume_from_checkpoint: str | None = None) -> Tra
     run = build_run(prepare_run(config, resume_from_checkpoint))
     progress = tqdm(total=run.max_steps, initial=run.start_step, desc="train",
                     disable=not run.accelerator.is_local_main_process)
+    if run.config.eval.at_start and run.start_step == 0:  # step 0: e.g. right after a position conversion
+        _evaluate_and_log(run, 0)
     for step in range(run.start_step, run.max_steps):
         result = train_step(run, step)
         run.throughput.step_done(run.block_tokens)
@@ -167,6 +169,8 @@ def train_step(run: Run, step: int) -> StepResult:
         with accelerator.accumulate(model):
             logits = model(input_ids=mb["input_ids"], position_ids=mb["position_ids"]).logits
             summed = token_loss_sum(logits, mb["labels"])
+            if run.distiller is not None:  # weight x KL to the teacher + (1 - weight) x next-token loss
+                summed = run.distiller.loss_sum(summed, logits, mb)
             # accelerate divides by the accumulation steps and DDP averages over processes:
             # the gradient becomes sum over the global batch / number of its targets.
             accelerator.backward(summed * scale)

@@ -25,7 +25,7 @@ SUMMARY_FILE = "train_summary.json"
 
 # Settings that decide which data a step sees and which network it trains: a resumed run must
 # keep them (the budget, logging, evaluation and checkpoint settings may change).
-RESUME_FIXED = ("model", "data", "lora", "train.seed", "train.global_batch_size", "optim", "schedule")
+RESUME_FIXED = ("model", "data", "lora", "distill", "train.seed", "train.global_batch_size", "optim", "schedule")
 
 
 def check_resume_config(config: TrainConfig, output_dir: Path) -> None:

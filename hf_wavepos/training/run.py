@@ -18,6 +18,7 @@ import torch
 
 from hf_wavepos.training import checkpoint as ckpt
 from hf_wavepos.training.batches import BatchPlan
+from hf_wavepos.training.distill import build_distiller
 from hf_wavepos.training.experiment_config import TrainConfig
 from hf_wavepos.training.run_inputs import RunBatches, load_documents, load_run_tokenizer, prepare_batches
 from hf_wavepos.training.launch import has_accelerator, make_accelerator, refuse_sharding_without_gpu
@@ -134,6 +135,7 @@ class Run:
     train_loss: float | None = None
     val_loss: float | None = None
     last_saved: int = -1  # the step of the newest checkpoint (-1: none)
+    distiller: Any = None  # `hf_wavepos.training.distill` teacher, None unless distill.enabled
 
     @property
     def config(self) -> TrainConfig:
@@ -161,6 +163,7 @@ def build_run(prepared: Prepared) -> Run:
     max_steps = config.train.max_steps or math.ceil(config.train.max_tokens / block_tokens)
     accelerator = make_accelerator(config, plan, prepared.cpu)
     model = instantiate_model(config.model, prepared.hf_config, prepared.position, seed=config.train.seed)
+    distiller = build_distiller(config, accelerator.device, prepared.hf_config.vocab_size)
     model_type = type(model.config).model_type  # after conversion, e.g. wavepos_llama
     model.config.use_cache = False
     if config.train.gradient_checkpointing:
@@ -176,6 +179,7 @@ def build_run(prepared: Prepared) -> Run:
     if config.lora.enabled:
         checkpoint_trainable_only(accelerator, model)
     run = Run(prepared, accelerator, model, optimizer, scheduler, batches, max_steps, 0, total, trainable)
+    run.distiller = distiller
     if prepared.resume is not None:
         resume = prepared.resume
         saved = load_lora_checkpoint(accelerator, model, resume) if config.lora.enabled else ckpt.load_checkpoint(
