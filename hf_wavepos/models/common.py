@@ -397,16 +397,16 @@ def check_output_attentions(config: Any, requested: bool | None) -> None:
 
 
 def wavepos_model_forward(stock_forward: Callable) -> Callable:
-    """The forward of a wavepos base model: ``stock_forward`` (same signature), which first decides
-    from the caller's inputs whether the rows are packed documents.
+    """The forward of a wavepos base model: ``stock_forward`` (same signature), after two
+    decisions that need the caller's own arguments.
 
-    It refuses ``output_attentions=True`` where the backend cannot return probabilities
-    (`check_output_attentions`), before any compute. Packed documents are read from
-    ``position_ids`` only when the caller gives neither a padding
-    mask nor a cache (`hf_wavepos.positions.packed_document_ids`, transformers' rule); their ids
-    reach every attention module as the keyword `DOCUMENT_IDS`. Only here are the caller's mask
-    and cache visible: the attention modules see the 4-D mask transformers builds and the cache
-    the stock forward creates.
+    1. ``output_attentions=True`` is refused before any compute where the backend cannot
+       return probabilities (`check_output_attentions`).
+    2. Packed documents are read from ``position_ids`` only when the caller gives neither a
+       padding mask nor a cache (`hf_wavepos.positions.packed_document_ids`, transformers'
+       rule); their ids reach every attention module as the keyword `DOCUMENT_IDS`. Only here
+       are the caller's mask and cache visible: the attention modules see the 4-D mask
+       transformers builds and the cache the stock forward creates.
     """
     names = list(inspect.signature(stock_forward).parameters)[1:]  # after self
     index = {name: i for i, name in enumerate(names)}
