@@ -275,7 +275,7 @@ def convert_checkpoint(
     """
     from transformers import AutoConfig
 
-    from hf_wavepos import apply_wavepos
+    from hf_wavepos.models import apply_wavepos
 
     target = position_target(position, train_length)
     if dtype not in ("float32", "bfloat16", "float16"):

@@ -263,7 +263,7 @@ def load_method_model(config: ConversionConfig, method: str, folder: str | Path)
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from hf_wavepos import apply_wavepos
+    from hf_wavepos.models import apply_wavepos
     from hf_wavepos.training import resolve_position
 
     position, recipe = parse_method(method)

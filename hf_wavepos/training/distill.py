@@ -113,7 +113,7 @@ def load_teacher(config: TrainConfig, device: torch.device) -> torch.nn.Module:
                 f"distill.teacher is null, so the teacher would be {source} with its stock positions, but a wavepos GPT-2 "
                 "checkpoint does not keep the learned wpe table; set distill.teacher to the stock GPT-2 checkpoint."
             )
-        from hf_wavepos import revert_wavepos
+        from hf_wavepos.models import revert_wavepos
 
         teacher = revert_wavepos(teacher)
     return teacher.to(device)
