@@ -39,12 +39,10 @@ from hf_wavepos.attention.chunked import chunked_attention
 from hf_wavepos.attention.inputs import check_attention_inputs
 from hf_wavepos.attention.reference import reference_attention
 from hf_wavepos.attention.triton.configs import unserved
-from hf_wavepos.attention.triton.ops import triton_attention
+from hf_wavepos.attention.triton.ops import DECODE_MAX_QUERIES, DECODE_MAX_ROWS, triton_attention
 
 CHECK_LENGTH = 150  # keys of the check problem: two 64-tiles and a partial one
 CHECK_LENGTH_CPU = 40  # under TRITON_INTERPRET (tests): tiles of 16
-DECODE_MAX_QUERIES = 16  # the triton backend's decoding rule (`triton.ops`): Lq <= 16 ...
-DECODE_MAX_ROWS = 64  # ... and (H / Hkv) x Lq <= 64, without gradients
 FLOOR = {torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 1e-3}  # absolute slack per dtype
 
 
