@@ -22,11 +22,18 @@ pytest.importorskip("triton")
 
 from hf_wavepos import WavePosConfig, wavelet_table  # noqa: E402
 from hf_wavepos.attention import reference_attention  # noqa: E402
-from hf_wavepos.attention.triton import compile_check, interpreter_ready, triton_attention, triton_decode_attention  # noqa: E402
+from hf_wavepos.attention.triton import (  # noqa: E402
+    compile_check,
+    interpreter_ready,
+    triton_attention,
+    triton_decode_attention,
+)
 from hf_wavepos.attention.triton.configs import TABLE, check_launch_args  # noqa: E402
 from hf_wavepos.attention.triton.launch import Launch  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_kernels = pytest.mark.skipif(DEVICE == "cpu" and not interpreter_ready(),
+                                   reason="needs TRITON_INTERPRET=1 before triton's first import")
 KERNELS = {"_fwd_kernel", "_delta_kernel", "_bwd_dq_kernel", "_bwd_dkdv_kernel", "_decode_split_kernel",
            "_decode_combine_kernel"}
 
@@ -71,7 +78,7 @@ def test_tile_arguments_are_checked_with_errors_naming_them(kwargs, message):
         check_launch_args(32, **kwargs)
 
 
-@pytest.mark.skipif(DEVICE == "cpu" and not interpreter_ready(), reason="needs TRITON_INTERPRET=1 before triton's import")
+@needs_kernels
 def test_entry_points_check_tile_arguments_before_any_work():
     q = torch.zeros(1, 2, 4, 32, device=DEVICE)
     table = torch.zeros(4, 32, device=DEVICE)
@@ -100,7 +107,7 @@ def test_grids_stay_within_cuda_limits():
         Launch(big[0].kernel, (1, 70000), ())
 
 
-@pytest.mark.skipif(DEVICE == "cpu" and not interpreter_ready(), reason="needs TRITON_INTERPRET=1 before triton's import")
+@needs_kernels
 def test_decode_combine_merges_more_slices_than_its_tile():
     """42 cache slices of 16 keys (the combine kernel merges 16 at a time: 3 steps) give the reference."""
     gen = torch.Generator().manual_seed(3)
@@ -108,11 +115,12 @@ def test_decode_combine_merges_more_slices_than_its_tile():
     table = wavelet_table(WavePosConfig(num_scales=4), 32, 660, dtype=torch.float64)
     want = reference_attention(q, k, v, table, q_offset=659)
     plain = reference_attention(q.float(), k.float(), v.float(), table.float(), q_offset=659)
-    got = triton_decode_attention(*(t.float().to(DEVICE) for t in (q, k, v, table)), q_offset=659, n_splits=42, block_n=16)
+    inputs = (t.float().to(DEVICE) for t in (q, k, v, table))
+    got = triton_decode_attention(*inputs, q_offset=659, n_splits=42, block_n=16)
     assert (got.double().cpu() - want).abs().max() <= 2 * (plain.double() - want).abs().max() + 1e-6
 
 
-@pytest.mark.skipif(DEVICE == "cpu" and not interpreter_ready(), reason="needs TRITON_INTERPRET=1 before triton's import")
+@needs_kernels
 def test_torch_compile_traces_the_decoding_custom_op_without_graph_breaks():
     """Decoding is an opaque custom op too (its tile configuration is looked up inside it)."""
     gen = torch.Generator().manual_seed(4)

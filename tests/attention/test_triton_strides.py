@@ -25,7 +25,14 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton")
 
-from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import (  # noqa: E402
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 import hf_wavepos.models.common as model_common  # noqa: E402
 from hf_wavepos import apply_wavepos  # noqa: E402
@@ -53,8 +60,9 @@ def tiny_model(arch: str) -> torch.nn.Module:
     """Head dim 32 (two table chunks of 16); Llama with grouped-query attention (4 heads, 2 kv)."""
     torch.manual_seed(0)
     if arch == "llama":
-        model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=1, num_attention_heads=4,
-                                             num_key_value_heads=2, intermediate_size=64, pad_token_id=0))
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=1,
+                                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                                             pad_token_id=0))
     elif arch == "gpt_neox":
         model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=VOCAB, hidden_size=128, num_hidden_layers=1,
                                                  num_attention_heads=4, intermediate_size=64, attention_dropout=0.0,
@@ -68,8 +76,8 @@ def tiny_model(arch: str) -> torch.nn.Module:
 def attention_call(arch: str, monkeypatch, length: int = 37, left_pad: int = 0):
     """(q, k, v, table, kwargs): what the model's first attention module hands the dispatcher.
 
-    q, k, v are the module's own views (float32, part of its autograd graph); with ``left_pad``
-    the first row is left-padded, so transformers passes a dense 4-D mask too.
+    q, k, v are the module's own views (float32, on DEVICE, part of its autograd graph); with
+    ``left_pad`` the first row is left-padded, so transformers passes a dense 4-D mask too.
     """
     calls = []
 
@@ -78,10 +86,11 @@ def attention_call(arch: str, monkeypatch, length: int = 37, left_pad: int = 0):
         return reference_attention(q, k, v, table, **kwargs)
 
     monkeypatch.setattr(model_common, "wavepos_attention", record)
-    ids = torch.randint(1, VOCAB, (2, length), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(1, VOCAB, (2, length), generator=torch.Generator().manual_seed(1)).to(DEVICE)
     mask = torch.ones_like(ids)
     mask[0, :left_pad] = 0
-    tiny_model(arch)(input_ids=ids, attention_mask=mask if left_pad else None, use_cache=False)  # a cache copies k, v
+    model = tiny_model(arch).to(DEVICE)
+    model(input_ids=ids, attention_mask=mask if left_pad else None, use_cache=False)  # a cache copies k, v
     q, k, v, table, kwargs = calls[0]
     return q, k, v, table, kwargs
 
@@ -97,10 +106,10 @@ def errors(out, grads, truth, truth_grads):
 
 def assert_within_twice_plain(q, k, v, table, **kwargs):
     """Kernels on the views q, k, v (float32, any strides) vs float64, and vs plain PyTorch on them."""
-    to64 = {key: val.double() if torch.is_tensor(val) and val.is_floating_point() else val for key, val in kwargs.items()}
+    cpu64 = {key: (val.cpu().double() if val.is_floating_point() else val.cpu()) if torch.is_tensor(val) else val
+             for key, val in kwargs.items()}
     leaves = [t.detach().cpu().double().requires_grad_() for t in (q, k, v)]
-    truth = reference_attention(*leaves, table.detach().cpu().double(), **{
-        key: val.cpu() if torch.is_tensor(val) else val for key, val in to64.items()})
+    truth = reference_attention(*leaves, table.detach().cpu().double(), **cpu64)
     grad = torch.randn(truth.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     truth_grads = torch.autograd.grad(truth, leaves, grad)
     results = {}
@@ -122,11 +131,7 @@ def test_views_from_real_attention_modules(arch, monkeypatch):
     else:  # chunks of one fused projection: not dense, sharing storage
         assert not any(is_dense(t) for t in (q, k, v))
         assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()
-    device = {key: val.to(DEVICE) if torch.is_tensor(val) else val for key, val in kwargs.items()}
-    if DEVICE == "cuda":  # same views, on the GPU: rebuild them from their storage there
-        q, k, v = (torch.empty(0, device=DEVICE).set_(t.untyped_storage().cuda(), t.storage_offset(), t.shape, t.stride())
-                   .requires_grad_() for t in (q.detach(), k.detach(), v.detach()))
-    assert_within_twice_plain(q, k, v, table.to(DEVICE), **device)
+    assert_within_twice_plain(q, k, v, table, **kwargs)
 
 
 @kernel_test
@@ -159,7 +164,7 @@ def test_decoding_kernel_on_sliced_fused_views(arch, monkeypatch):
     q, k, v, table, kwargs = attention_call(arch, monkeypatch, length=45)
     q, k, v = (t.detach() for t in (q, k, v))
     last = q[:, :, -1:]
-    want = reference_attention(last.double(), k.double(), v.double(), table.double(), q_offset=44)
+    want = reference_attention(*(t.cpu().double() for t in (last, k, v, table)), q_offset=44)
     plain = reference_attention(last, k, v, table, q_offset=44)
     got = triton_decode_attention(last, k, v, table, q_offset=44, n_splits=3, block_n=16)
-    assert (got.double() - want).abs().max() <= 2 * (plain.double() - want).abs().max() + 1e-6
+    assert (got.cpu().double() - want).abs().max() <= 2 * (plain.cpu().double() - want).abs().max() + 1e-6

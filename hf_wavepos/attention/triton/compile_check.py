@@ -115,7 +115,9 @@ def case_launches(case: Case) -> list[Launch]:
     )
     pad, doc, mask, slopes = masks
     decode_extras = Extras.of(pad, doc, None if mask is None else mask[:, :, -1:], slopes, sup)
-    dec, _ = decode_launches(q[:, :, -1:], k, v, table, sup, sup, decode_extras, 0.125, L - 1, configs.decode, chunk, 264)
+    dec, _ = decode_launches(
+        q[:, :, -1:], k, v, table, sup, sup, decode_extras, 0.125, L - 1, configs.decode, chunk, 264,
+    )
     return launches + bwd + dec
 
 

@@ -169,7 +169,8 @@ class FirstUseCheck:
         for name, t, p, o in zip(("output", "dq", "dk", "dv"), truth, plain, ours):
             error, bound = (o - t).abs().max().item(), 2 * (p - t).abs().max().item() + FLOOR[dtype]
             if not error <= bound:  # also catches NaN
-                return f"{name} differs from the float64 {self.verified_name!r} result by {error:.3g} (bound {bound:.3g})"
+                return (f"{name} differs from the float64 {self.verified_name!r} result by {error:.3g} "
+                        f"(bound {bound:.3g})")
         return None
 
 
