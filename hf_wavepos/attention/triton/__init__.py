@@ -44,9 +44,9 @@ Decoding (few queries over a long cache, no gradient) uses a split-K kernel with
 Entry points: `triton_attention` (the ``triton`` backend of `hf_wavepos.wavepos_attention`,
 autograd through ``torch.library`` custom ops, so ``torch.compile`` sees one opaque op) and
 `triton_decode_attention`. Supported: float16 / bfloat16 / float32, head sizes up to 256
-(padded to a power of two >= 16), causal, grouped-query attention, key padding, packed
-documents, query offsets (KV caches, static caches), and q, k, v as any views with a unit last
-stride (`launch` states the layout rules).
+(float32: 128; padded to a power of two >= 16), causal, grouped-query attention, key padding,
+packed documents, query offsets (KV caches, static caches), and q, k, v as any views with a
+unit last stride (`launch` states the layout rules).
 
 Module map: `configs` (the one table of tile configurations per GPU target, dtype and head dim,
 and the validation of tile arguments), `launch` (launches as data, output layouts), `forward` /
