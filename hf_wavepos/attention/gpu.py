@@ -5,6 +5,10 @@ bundles the dispatcher, carries only the portable backends. The kernels are impo
 call: importing hf_wavepos never imports triton (whose kernels read TRITON_INTERPRET when they
 are defined). CUDA only; chunked stays the CPU default. triton serves every preset; flex refuses
 tables whose band exceeds FLEX_MAX_BAND.
+
+The triton backend checks itself on first use (`triton.selfcheck`): the first call of each kind
+in a process compares it with the chunked backend on a small problem, and a kind that fails warns
+once and runs on chunked from then on.
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ def _cuda_and_importable(module: str) -> Callable[[torch.device], bool]:
 
 
 def _triton_backend(call: AttentionCall) -> torch.Tensor:
-    from hf_wavepos.attention.triton import triton_backend
+    from hf_wavepos.attention.triton.selfcheck import checked_triton_backend
 
-    return triton_backend(call)
+    return checked_triton_backend(call)
 
 
 def _flex_backend(call: AttentionCall) -> torch.Tensor:

@@ -44,30 +44,43 @@ Decoding (few queries over a long cache, no gradient) uses a split-K kernel with
 Entry points: `triton_backend` (the ``triton`` backend of `hf_wavepos.wavepos_attention`: it
 takes the validated `AttentionCall`; autograd through ``torch.library`` custom ops, so
 ``torch.compile`` sees one opaque op), its direct-call wrapper `triton_attention`, and
-`triton_decode_attention`. Supported: float16 / bfloat16 / float32, any head size (padded to
-a power of two >= 16), causal, grouped-query attention, key padding, packed documents, query
-offsets (KV caches, static caches). Kernels run on CUDA; with ``TRITON_INTERPRET=1`` set before
-triton is first imported (``import hf_wavepos`` imports it through ``torch._dynamo``) they also
-run (slowly) on CPU tensors, which is how CI tests them. The
-interpreter cannot multiply bfloat16 (triton-lang/triton#11584), so CPU tests use float32 and
-float16; bfloat16 is tested on GPU.
+`triton_decode_attention`. Supported: float16 / bfloat16 / float32, head sizes up to 256
+(float32: 128; padded to a power of two >= 16), causal, grouped-query attention, key padding,
+packed documents, query offsets (KV caches, static caches), and q, k, v as any views with a
+unit last stride (`launch` states the layout rules).
+
+Module map: `configs` (the one table of tile configurations per GPU target, dtype and head dim,
+and the validation of tile arguments), `launch` (launches as data, output layouts), `forward` /
+`backward` / `decode` (kernels and their launch plans), `ops` (custom ops, entry points),
+`compile_check` (ahead-of-time compiles for sm_80 / sm_90 without a GPU: registers, spills,
+shared memory), `selfcheck` (the first-use check of the dispatcher's ``triton`` backend).
+
+Kernels run on CUDA; with ``TRITON_INTERPRET=1`` set before triton is first imported
+(``import hf_wavepos`` imports it through ``torch._dynamo``) they also run (slowly) on CPU
+tensors, which is how CI tests them. The interpreter cannot multiply bfloat16
+(triton-lang/triton#11584), so CPU tests use float32 and float16; bfloat16 is tested on GPU. The
+interpreter also ignores register and shared-memory budgets and dot precisions: what only a GPU
+compile shows is covered by `compile_check`.
 """
 
+from hf_wavepos.attention.triton.configs import KernelConfigs, TileConfig, configs_for, target_of
 from hf_wavepos.attention.triton.ops import (
-    KernelConfig,
-    default_config,
     interpreter_ready,
     interpreting,
+    kernel_configs,
     triton_attention,
     triton_backend,
     triton_decode_attention,
 )
 
 __all__ = [
-    "KernelConfig",
-    "default_config",
+    "KernelConfigs",
+    "TileConfig",
+    "configs_for",
     "interpreter_ready",
     "interpreting",
+    "kernel_configs",
+    "target_of",
     "triton_attention",
     "triton_backend",
     "triton_decode_attention",

@@ -10,7 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from hf_wavepos.attention.triton.forward import LOG2E, Extras, dot_precision
+from hf_wavepos.attention.triton.configs import TileConfig, dot_precision
+from hf_wavepos.attention.triton.launch import LOG2E, Extras, Launch, dense, row_strides
 from hf_wavepos.attention.triton.tiles import (
     band_logits,
     load_kv_tile,
@@ -29,8 +30,10 @@ def _delta_kernel(
     OUT, DO, DELTA, stride_ob, stride_oh, stride_om, stride_db, stride_dh, stride_dm,
     H, q_len, head_dim, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    n_m = tl.cdiv(q_len, BLOCK)
+    pid = tl.program_id(0)
+    pid_bh = pid // n_m
+    pid_m = pid % n_m
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     rows = pid_m * BLOCK + tl.arange(0, BLOCK)
@@ -57,13 +60,16 @@ def _bwd_dq_kernel(
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
     stride_p, stride_padb, stride_docb, stride_mb, stride_mq, stride_mk,
+    stride_dqb, stride_dqh, stride_dqm,
     H, G, q_len, k_len, n_table_rows, head_dim, q_offset, qk_scale, scaling,
     HAS_PAD: tl.constexpr, HAS_DOC: tl.constexpr, HAS_MASK: tl.constexpr, HAS_ALIBI: tl.constexpr,
     BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, N_CHUNKS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    n_m = tl.cdiv(q_len, BLOCK)  # one grid axis, the longest query blocks first (as the forward)
+    pid = tl.program_id(0)
+    pid_bh = pid // n_m
+    pid_m = n_m - 1 - pid % n_m
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     kvh = h // G
@@ -95,7 +101,8 @@ def _bwd_dq_kernel(
 
     for t in range(0, t_band):  # far tiles: content only
         n_idx = t * BLOCK + offs_n
-        k, v = load_kv_tile(k_base, v_base, n_idx, stride_kn, stride_vn, cols, col_ok[None, :])
+        kv_mask = (n_idx < k_len)[:, None] & col_ok[None, :]
+        k, v = load_kv_tile(k_base, v_base, n_idx, stride_kn, stride_vn, cols, kv_mask)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         s = mask_logits(s, m_pos, n_idx, k_len, row_ok, pad_row, doc_row, q_doc, mask_rows, stride_mk,
                         slope, False, HAS_PAD, HAS_DOC, HAS_MASK, HAS_ALIBI)
@@ -130,7 +137,7 @@ def _bwd_dq_kernel(
         BLOCK, BLOCK_D, CHUNK, DOT_PRECISION,
     )
     dq = dq * scaling
-    tl.store(DQ + b * stride_qb + h * stride_qh + r64[:, None] * stride_qm + cols[None, :],
+    tl.store(DQ + b * stride_dqb + h * stride_dqh + r64[:, None] * stride_dqm + cols[None, :],
              dq.to(DQ.dtype.element_ty), mask=qd_mask)
 
 
@@ -140,13 +147,16 @@ def _bwd_dkdv_kernel(
     stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
     stride_vb, stride_vh, stride_vn, stride_db, stride_dh, stride_dm,
     stride_p, stride_padb, stride_docb, stride_mb, stride_mq, stride_mk,
+    stride_dkb, stride_dkh, stride_dkn, stride_dvb, stride_dvh, stride_dvn,
     H, Hkv, G, q_len, k_len, n_table_rows, head_dim, q_offset, qk_scale, scaling,
     HAS_PAD: tl.constexpr, HAS_DOC: tl.constexpr, HAS_MASK: tl.constexpr, HAS_ALIBI: tl.constexpr,
     BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, N_CHUNKS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_bkv = tl.program_id(1)
+    n_n = tl.cdiv(k_len, BLOCK)  # one grid axis; the first key blocks (most queries) first
+    pid = tl.program_id(0)
+    pid_bkv = pid // n_n
+    pid_n = pid % n_n
     b = (pid_bkv // Hkv).to(tl.int64)
     kvh = (pid_bkv % Hkv).to(tl.int64)
 
@@ -212,52 +222,52 @@ def _bwd_dkdv_kernel(
             dv = tl.dot(tl.trans(p).to(do.dtype), do, dv, input_precision=DOT_PRECISION)
             dk = tl.dot(tl.trans(ds).to(q.dtype), q, dk, input_precision=DOT_PRECISION)
     dk = dk * scaling
-    dk_ptrs = DK + b * stride_kb + kvh * stride_kh + kv_off * stride_kn + cols[None, :]
-    dv_ptrs = DV + b * stride_vb + kvh * stride_vh + kv_off * stride_vn + cols[None, :]
+    dk_ptrs = DK + b * stride_dkb + kvh * stride_dkh + kv_off * stride_dkn + cols[None, :]
+    dv_ptrs = DV + b * stride_dvb + kvh * stride_dvh + kv_off * stride_dvn + cols[None, :]
     tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_mask)
     tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
-def attention_backward(
+def backward_launches(
     grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
     lse: torch.Tensor, table: torch.Tensor, sup_sorted: torch.Tensor, sup_chunk: torch.Tensor,
-    order: torch.Tensor, extras: Extras,
-    scaling: float, q_offset: int, block: int, chunk: int, num_warps: int, num_stages: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gradients (dq, dk, dv) of `forward.attention_forward` for upstream gradient grad_out.
+    order: torch.Tensor, extras: Extras, scaling: float, q_offset: int,
+    tile_dq: TileConfig, tile_dkdv: TileConfig, chunk: int,
+) -> tuple[list[Launch], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The backward launches (delta, dq, dk/dv, in that order) and the gradients they write.
 
-    Shapes as in the forward; grad_out and out are (B, H, Lq, D), lse (B, H, Lq) float32.
-    dk and dv are summed over the G query heads of each key/value head inside one program.
+    Shapes and layouts as in `forward.forward_launches`; grad_out and out are (B, H, Lq, D) with
+    a unit last stride, lse (B, H, Lq) float32 from the forward. dk and dv are summed over the
+    G query heads of each key/value head inside one program.
+
+    Returns:
+        (launches, dq, dk, dv): the gradients dense (row-major), shaped like q, k, v; each kernel
+        writes them with their own strides, whatever the strides of q, k, v.
     """
     B, H, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     block_d = sup_sorted.numel() * chunk
-    grad_out = grad_out.contiguous()
-    delta = torch.empty(B, H, Lq, dtype=torch.float32, device=q.device)
-    _delta_kernel[(triton.cdiv(Lq, block), B * H)](
-        out, grad_out, delta, out.stride(0), out.stride(1), out.stride(2),
-        grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), H, Lq, D,
-        BLOCK=block, BLOCK_D=block_d, num_warps=num_warps,
-    )
-    dq = torch.empty_like(q)
-    dk = torch.empty_like(k)
-    dv = torch.empty_like(v)
-    common = dict(
-        **extras.flags, BLOCK=block, BLOCK_D=block_d, CHUNK=chunk, N_CHUNKS=sup_sorted.numel(),
-        DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
-    )
+    delta = dense((B, H, Lq), torch.float32, q.device)
+    dq = dense(q.shape, q.dtype, q.device)
+    dk = dense(k.shape, k.dtype, k.device)
+    dv = dense(v.shape, v.dtype, v.device)
+    launches = [Launch(_delta_kernel, (triton.cdiv(Lq, tile_dq.block) * B * H,), (
+        out, grad_out, delta, *row_strides(out), *row_strides(grad_out), H, Lq, D,
+    ), dict(BLOCK=tile_dq.block, BLOCK_D=block_d, num_warps=4))]
     strides = (
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), grad_out.stride(0), grad_out.stride(1), grad_out.stride(2),
+        *row_strides(q), *row_strides(k), *row_strides(v), *row_strides(grad_out),
         table.stride(0), *extras.strides,
     )
     ex = (extras.pad, extras.doc, extras.mask, extras.slopes)
-    _bwd_dq_kernel[(triton.cdiv(Lq, block), B * H)](
-        q, k, v, table, sup_sorted, sup_chunk, order, *ex, grad_out, lse, delta, dq, *strides,
-        H, H // Hkv, Lq, Lk, table.shape[0], D, q_offset, scaling * LOG2E, scaling, **common,
-    )
-    _bwd_dkdv_kernel[(triton.cdiv(Lk, block), B * Hkv)](
+    common = dict(**extras.flags, BLOCK_D=block_d, CHUNK=chunk, N_CHUNKS=sup_sorted.numel(),
+                  DOT_PRECISION=dot_precision(q.dtype))
+    launches.append(Launch(_bwd_dq_kernel, (triton.cdiv(Lq, tile_dq.block) * B * H,), (
+        q, k, v, table, sup_sorted, sup_chunk, order, *ex, grad_out, lse, delta, dq, *strides, *row_strides(dq),
+        H, H // Hkv, Lq, Lk, table.shape[0], D, q_offset, scaling * LOG2E, scaling,
+    ), dict(common, BLOCK=tile_dq.block, num_warps=tile_dq.num_warps, num_stages=tile_dq.num_stages)))
+    launches.append(Launch(_bwd_dkdv_kernel, (triton.cdiv(Lk, tile_dkdv.block) * B * Hkv,), (
         q, k, v, table, sup_sorted, order, *ex, grad_out, lse, delta, dk, dv, *strides,
-        H, Hkv, H // Hkv, Lq, Lk, table.shape[0], D, q_offset, scaling * LOG2E, scaling, **common,
-    )
-    return dq, dk, dv
+        *row_strides(dk), *row_strides(dv),
+        H, Hkv, H // Hkv, Lq, Lk, table.shape[0], D, q_offset, scaling * LOG2E, scaling,
+    ), dict(common, BLOCK=tile_dkdv.block, num_warps=tile_dkdv.num_warps, num_stages=tile_dkdv.num_stages)))
+    return launches, dq, dk, dv

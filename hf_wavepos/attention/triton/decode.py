@@ -8,7 +8,8 @@ w0 = q_offset - n0 - (BLOCK_N - 1): QP = Q @ p[w0 .. w0 + WINDOW - 1]^T (chunks 
 support skipped, the whole window skipped past the table's support), and the logit of row
 (g, i) and key n0 + j is QP[r, i + BLOCK_N - 1 - j], one `tl.gather`. Decoding is memory
 bound, so the window's extra columns cost little; the table rows are shared by every head
-and stay in L2. A second kernel merges the slices' (max, sum, accumulator) triples.
+and stay in L2. A second kernel merges the slices' (max, sum, accumulator) triples, COMBINE_SPLITS
+slices at a time (an online merge, so its tile does not grow with the number of slices).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from hf_wavepos.attention.triton.forward import LOG2E, Extras, dot_precision
+from hf_wavepos.attention.triton.configs import MAX_SPLITS, TileConfig, dot_precision
+from hf_wavepos.attention.triton.launch import LOG2E, Extras, Launch, dense, row_strides
 from hf_wavepos.attention.triton.support import next_power_of_2
 from hf_wavepos.attention.triton.tiles import mask_logits, online_softmax_step, positional_block
 
@@ -36,8 +38,8 @@ def _decode_split_kernel(
     WINDOW: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, N_CHUNKS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    split = tl.program_id(0)
-    pid_bkv = tl.program_id(1)
+    pid_bkv = tl.program_id(0)  # B x Hkv on the axis without CUDA's 65535 cap
+    split = tl.program_id(1)
     b = (pid_bkv // Hkv).to(tl.int64)
     kvh = (pid_bkv % Hkv).to(tl.int64)
 
@@ -108,20 +110,30 @@ def _decode_combine_kernel(
     b = (pid_bkv // Hkv).to(tl.int64)
     h = ((pid_bkv % Hkv) * G + r // q_len).to(tl.int64)
     i = (r % q_len).to(tl.int64)
-    s = tl.arange(0, BLOCK_S)
-    s_ok = s < n_splits
-    part = (s.to(tl.int64) * n_bkv + pid_bkv) * BLOCK_M + r
-    m = tl.load(MPART + part, mask=s_ok, other=float("-inf"))
-    l = tl.load(LPART + part, mask=s_ok, other=0.0)
-    m_max = tl.max(m, axis=0)
-    w = tl.exp2(m - tl.where(m_max == float("-inf"), 0.0, m_max))  # 0 for empty slices
     cols = tl.arange(0, BLOCK_D)
-    acc = tl.load(OPART + part[:, None] * BLOCK_D + cols[None, :], mask=s_ok[:, None], other=0.0)
-    num = tl.sum(w[:, None] * acc, axis=0)
-    den = tl.sum(w * l, axis=0)
-    out = num / tl.where(den == 0.0, 1.0, den)
+    m_run = float("-inf")
+    l_run = 0.0
+    acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for s0 in range(0, n_splits, BLOCK_S):  # BLOCK_S slices at a time, merged online
+        s = s0 + tl.arange(0, BLOCK_S)
+        s_ok = s < n_splits
+        part = (s.to(tl.int64) * n_bkv + pid_bkv) * BLOCK_M + r
+        m = tl.load(MPART + part, mask=s_ok, other=float("-inf"))
+        l = tl.load(LPART + part, mask=s_ok, other=0.0)
+        m_new = tl.maximum(m_run, tl.max(m, axis=0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        w = tl.exp2(m - m_safe)  # 0 for empty slices
+        alpha = tl.exp2(m_run - m_safe)
+        o = tl.load(OPART + part[:, None] * BLOCK_D + cols[None, :], mask=s_ok[:, None], other=0.0)
+        acc = acc * alpha + tl.sum(w[:, None] * o, axis=0)
+        l_run = l_run * alpha + tl.sum(w * l, axis=0)
+        m_run = m_new
+    out = acc / tl.where(l_run == 0.0, 1.0, l_run)
     out_ptrs = OUT + b * stride_ob + h * stride_oh + i * stride_om + cols
     tl.store(out_ptrs, out.to(OUT.dtype.element_ty), mask=cols < head_dim)
+
+
+COMBINE_SPLITS = 16  # slices merged per step of the combine kernel
 
 
 @functools.lru_cache(maxsize=8)
@@ -131,49 +143,52 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def attention_decode(
+def default_splits(device: torch.device, n_bkv: int) -> int:
+    """Cache slices for two programs per multiprocessor (at least one per (batch, kv head))."""
+    return min(MAX_SPLITS, triton.cdiv(2 * _multiprocessors(device), n_bkv))
+
+
+def decode_launches(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
     sup_sorted: torch.Tensor, order: torch.Tensor, extras: Extras,
-    scaling: float, q_offset: int, chunk: int,
-    block_n: int | None = None, n_splits: int | None = None,
-) -> torch.Tensor:
-    """Split-K decoding: out (B, H, Lq, D) for few queries (Lq <= 16, (H/Hkv) x Lq <= 64).
+    scaling: float, q_offset: int, tile: TileConfig, chunk: int, n_splits: int,
+) -> tuple[list[Launch], torch.Tensor]:
+    """Split-K decoding launches (split, combine) and their output, for few queries
+    (Lq <= 16, (H / Hkv) x Lq <= 64).
 
-    Args as in `forward.attention_forward` (extras: `forward.Extras`); block_n is the key tile
-    (default 64 on GPU, 16 in the interpreter) and n_splits the number of cache slices
-    (default: enough programs for two per multiprocessor).
+    Args as in `forward.forward_launches`; ``tile.block`` is the key tile BLOCK_N and n_splits
+    the number of cache slices asked for (reduced to the number of key tiles).
+
+    Returns:
+        (launches, out): out (B, H, Lq, D) dense in q's dtype.
     """
     B, H, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     G = H // Hkv
+    block_n = tile.block
     block_d = sup_sorted.numel() * chunk
     block_m = max(16, next_power_of_2(G * Lq))
-    block_n = block_n or (64 if q.device.type == "cuda" else 16)
     window = next_power_of_2(block_n + Lq - 1)
     k_end = min(Lk, q_offset + Lq)
     n_blocks = triton.cdiv(k_end, block_n)
-    if n_splits is None:
-        n_splits = triton.cdiv(2 * _multiprocessors(q.device), B * Hkv)
     n_splits = max(1, min(n_splits, n_blocks))
     keys_per_split = triton.cdiv(n_blocks, n_splits) * block_n
     n_splits = triton.cdiv(k_end, keys_per_split)
     n_bkv = B * Hkv
-    opart = torch.empty(n_splits, n_bkv, block_m, block_d, dtype=torch.float32, device=q.device)
-    mpart = torch.empty(n_splits, n_bkv, block_m, dtype=torch.float32, device=q.device)
-    lpart = torch.empty_like(mpart)
-    _decode_split_kernel[(n_splits, n_bkv)](
+    opart = dense((n_splits, n_bkv, block_m, block_d), torch.float32, q.device)
+    mpart = dense((n_splits, n_bkv, block_m), torch.float32, q.device)
+    lpart = dense((n_splits, n_bkv, block_m), torch.float32, q.device)
+    out = dense(q.shape, q.dtype, q.device)
+    split = Launch(_decode_split_kernel, (n_bkv, n_splits), (
         q, k, v, table, sup_sorted, order, extras.pad, extras.doc, extras.mask, extras.slopes,
-        opart, mpart, lpart,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), table.stride(0), *extras.strides,
+        opart, mpart, lpart, *row_strides(q), *row_strides(k), *row_strides(v), table.stride(0), *extras.strides,
         Hkv, G, Lq, Lk, table.shape[0], D, q_offset, scaling * LOG2E, keys_per_split, n_bkv,
+    ), dict(
         **extras.flags, BLOCK_M=block_m, BLOCK_N=block_n, WINDOW=window, BLOCK_D=block_d, CHUNK=chunk,
-        N_CHUNKS=sup_sorted.numel(), DOT_PRECISION=dot_precision(q.dtype), num_warps=4,
-    )
-    out = torch.empty_like(q)
-    _decode_combine_kernel[(n_bkv, G * Lq)](
-        opart, mpart, lpart, out, out.stride(0), out.stride(1), out.stride(2),
-        n_splits, n_bkv, Hkv, G, Lq, D,
-        BLOCK_M=block_m, BLOCK_S=max(2, next_power_of_2(n_splits)), BLOCK_D=block_d, num_warps=4,
-    )
-    return out
+        N_CHUNKS=sup_sorted.numel(), DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=tile.num_warps, num_stages=tile.num_stages,
+    ))
+    combine = Launch(_decode_combine_kernel, (n_bkv, G * Lq), (
+        opart, mpart, lpart, out, *row_strides(out), n_splits, n_bkv, Hkv, G, Lq, D,
+    ), dict(BLOCK_M=block_m, BLOCK_S=COMBINE_SPLITS, BLOCK_D=block_d, num_warps=4))
+    return [split, combine], out

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import triton
 import triton.language as tl
 
+from hf_wavepos.attention.triton.configs import TileConfig, dot_precision
+from hf_wavepos.attention.triton.launch import LOG2E, Extras, Launch, dense, row_strides
 from hf_wavepos.attention.triton.tiles import (
     band_logits,
     load_kv_tile,
@@ -17,8 +17,6 @@ from hf_wavepos.attention.triton.tiles import (
     positional_block,
     query_tiles,
 )
-
-LOG2E = 1.4426950408889634
 
 
 @triton.jit(do_not_specialize=["q_len", "k_len", "q_offset"])
@@ -32,8 +30,12 @@ def _fwd_kernel(
     BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, N_CHUNKS: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    # One axis (CUDA caps axes 1 and 2 at 65535): query blocks of one (batch, head) are
+    # consecutive, the longest (last, under the causal mask) first.
+    n_m = tl.cdiv(q_len, BLOCK)
+    pid = tl.program_id(0)
+    pid_bh = pid // n_m
+    pid_m = n_m - 1 - pid % n_m
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     kvh = h // G
@@ -65,7 +67,8 @@ def _fwd_kernel(
     # 1. Far tiles: content only (plain FlashAttention).
     for t in range(0, t_band):
         n_idx = t * BLOCK + offs_n
-        k, v = load_kv_tile(k_base, v_base, n_idx, stride_kn, stride_vn, cols, col_ok[None, :])
+        kv_mask = (n_idx < k_len)[:, None] & col_ok[None, :]
+        k, v = load_kv_tile(k_base, v_base, n_idx, stride_kn, stride_vn, cols, kv_mask)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         s = mask_logits(s, m_pos, n_idx, k_len, row_ok, pad_row, doc_row, q_doc, mask_rows, stride_mk,
                         slope, False, HAS_PAD, HAS_DOC, HAS_MASK, HAS_ALIBI)
@@ -95,80 +98,36 @@ def _fwd_kernel(
     tl.store(LSE + pid_bh.to(tl.int64) * q_len + rows, lse, mask=row_ok)
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """float32 inputs use exact IEEE dots (as torch.matmul does by default), not TF32."""
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def flags_or_dummy(mask: torch.Tensor | None, fallback: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Pointer argument and batch stride for an optional (B, Lk) tensor (bool -> uint8 view)."""
-    if mask is None:
-        return fallback, 0
-    if mask.dtype == torch.bool:
-        mask = mask.view(torch.uint8)
-    mask = mask.contiguous()
-    return mask, mask.stride(0)
-
-
-@dataclass(frozen=True)
-class Extras:
-    """Kernel arguments for the optional inputs (dummies when absent), shared by every launcher."""
-
-    pad: torch.Tensor
-    doc: torch.Tensor
-    mask: torch.Tensor
-    slopes: torch.Tensor
-    strides: tuple[int, int, int, int, int]  # pad batch, doc batch, mask batch / query / key
-    flags: dict
-
-    @staticmethod
-    def of(key_padding_mask, document_ids, attn_mask, alibi_slopes, dummy: torch.Tensor) -> "Extras":
-        """Args: (B, Lk) bool, (B, Lk) int, (B|1, 1, Lq, Lk) bool, (H,) float, each or None."""
-        pad, stride_pad = flags_or_dummy(key_padding_mask, dummy)
-        doc, stride_doc = flags_or_dummy(document_ids, dummy)
-        mask, mask_strides = dummy, (0, 0, 0)
-        if attn_mask is not None:
-            mask = attn_mask.view(torch.uint8) if attn_mask.dtype == torch.bool else attn_mask
-            mask_strides = (mask.stride(0) if mask.shape[0] > 1 else 0, mask.stride(2), mask.stride(3))
-        slopes = dummy
-        if alibi_slopes is not None:
-            slopes = (alibi_slopes.to(torch.float32) * LOG2E).contiguous()  # base-2 logits
-        flags = dict(
-            HAS_PAD=key_padding_mask is not None, HAS_DOC=document_ids is not None,
-            HAS_MASK=attn_mask is not None, HAS_ALIBI=alibi_slopes is not None,
-        )
-        return Extras(pad, doc, mask, slopes, (stride_pad, stride_doc, *mask_strides), flags)
-
-
-def attention_forward(
+def forward_launches(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor,
     sup_sorted: torch.Tensor, order: torch.Tensor, extras: Extras,
-    scaling: float, q_offset: int, block: int, chunk: int, num_warps: int, num_stages: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the forward kernel.
+    scaling: float, q_offset: int, tile: TileConfig, chunk: int,
+) -> tuple[list[Launch], torch.Tensor, torch.Tensor]:
+    """The forward launch and its outputs (allocated, not yet written).
 
     Args:
-        q: (B, H, Lq, D); k, v: (B, Hkv, Lk, D), last dim contiguous; table: (R, D) in q's dtype.
+        q: (B, H, Lq, D); k, v: (B, Hkv, Lk, D); any strides with a unit last one
+            (`launch.rows_contiguous`); table: (R, D) contiguous, in q's dtype.
         sup_sorted, order: (n_chunks,) int32 from `support.chunk_supports`.
-        extras: padding / documents / dense mask / ALiBi slopes (`Extras.of`).
-        block: query and key tile size (power of two >= 16); chunk: columns per table chunk.
+        extras: padding / documents / dense mask / ALiBi slopes (`launch.Extras.of`).
+        tile: the forward's `configs.TileConfig`; chunk: columns per table chunk.
 
     Returns:
-        out (B, H, Lq, D) in q's dtype and lse (B, H, Lq) float32 (base 2, +inf for empty rows).
+        ([launch], out, lse): out (B, H, Lq, D) dense in q's dtype, lse (B, H, Lq) float32
+        (base 2, +inf for rows that see no key).
     """
     B, H, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
-    block_d = sup_sorted.numel() * chunk
-    out = torch.empty_like(q)
-    lse = torch.empty(B, H, Lq, dtype=torch.float32, device=q.device)
-    grid = (triton.cdiv(Lq, block), B * H)
-    _fwd_kernel[grid](
+    block = tile.block
+    out = dense(q.shape, q.dtype, q.device)
+    lse = dense((B, H, Lq), torch.float32, q.device)
+    launch = Launch(_fwd_kernel, (triton.cdiv(Lq, block) * B * H,), (
         q, k, v, table, sup_sorted, order, extras.pad, extras.doc, extras.mask, extras.slopes, out, lse,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        *row_strides(q), *row_strides(k), *row_strides(v), *row_strides(out),
         table.stride(0), *extras.strides,
         H, H // Hkv, Lq, Lk, table.shape[0], D, q_offset, scaling * LOG2E,
-        **extras.flags, BLOCK=block, BLOCK_D=block_d, CHUNK=chunk, N_CHUNKS=sup_sorted.numel(),
-        DOT_PRECISION=dot_precision(q.dtype), num_warps=num_warps, num_stages=num_stages,
-    )
-    return out, lse
+    ), dict(
+        **extras.flags, BLOCK=block, BLOCK_D=sup_sorted.numel() * chunk, CHUNK=chunk, N_CHUNKS=sup_sorted.numel(),
+        DOT_PRECISION=dot_precision(q.dtype), num_warps=tile.num_warps, num_stages=tile.num_stages,
+    ))
+    return [launch], out, lse
