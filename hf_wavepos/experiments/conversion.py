@@ -50,142 +50,23 @@ from typing import Any
 
 import torch
 
-ROPE_SCALING = {"rope-linear": "linear", "rope-dynamic": "dynamic", "rope-yarn": "yarn"}
-CONVERTED: dict[str, Any] = {
-    "nope": {"method": "nope"},
-    "alibi": {"method": "alibi"},
-    "long": "long",
-    "oka2025": "oka2025",
-    "oka2025-4k": "oka2025-4k",
-}
-POSITIONS = ("rope", *ROPE_SCALING, *CONVERTED)
-RECIPES = {
-    "zero-shot": "no training",
-    "plain": "all weights, next-token loss",
-    "distill": "all weights, KL to the stock model + (1 - distill_weight) x next-token loss",
-    "lora": "LoRA (q, k, v, o) + trainable norms, next-token loss",
-    "lora-distill": "LoRA (q, k, v, o) + trainable norms, distillation loss",
-}
-
-
-def parse_method(method: str) -> tuple[str, str]:
-    """``"long:distill"`` -> ``("long", "distill")`` (see the module docstring).
-
-    Raises:
-        ValueError: an unknown position or recipe, naming the allowed ones.
-    """
-    position, sep, recipe = method.partition(":")
-    if not sep or position not in POSITIONS or recipe not in RECIPES:
-        raise ValueError(f"method {method!r} must be POSITION:RECIPE with POSITION in {', '.join(POSITIONS)} and "
-                         f"RECIPE in {', '.join(RECIPES)} (e.g. long:distill).")
-    return position, recipe
-
-
-@dataclass(frozen=True)
-class ConversionConfig:
-    """One conversion benchmark: source model, methods, recalibration budget, evaluation.
-
-    Lengths are in tokens of the source model's tokenizer; ``lengths`` = ``length_multiples`` x
-    ``block_size`` (the recalibration length).
-    """
-
-    source: str = "SmolLM2-135M-Instruct.Q4_1.gguf"  # folder, Hub id, .gguf file or a folder with one
-    gguf_file: str | None = None
-    methods: tuple[str, ...] = ("rope:plain", "nope:distill", "long:distill")
-    control: str = "rope:plain"
-    block_size: int = 256
-    steps: int = 100
-    global_batch_size: int = 4
-    per_device_batch_size: int | None = None
-    lr: float = 3e-4
-    lora_lr: float = 2e-3  # LoRA recipes (adapters start at zero)
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    seed: int = 0
-    train_documents: int | None = 400
-    heldout_documents: int = 60
-    eval_every: int = 25
-    eval_blocks: int = 16
-    eval_documents: int = 8
-    length_multiples: tuple[float, ...] = (1, 4, 8)
-    extension_length: int | None = None
-    extension_documents: int = 4
-    extension_methods: tuple[str, ...] | None = None  # None: every method; (): none
-    passkey_multiples: tuple[float, ...] = (1, 4, 8)
-    passkey_depths: tuple[float, ...] = (0.0, 0.5, 1.0)
-    passkey_samples: int = 2
-    passkey_haystack: str = "debian-faq"
-    distill_weight: float = 0.9
-    distill_temperature: float = 1.0
-    lora_r: int = 16
-    lora_alpha: float = 32.0
-    rope_factor: float = 2.0
-    threads: int | None = 2
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    eval_batch_size: int = 1
-
-    def __post_init__(self) -> None:
-        if not self.methods:
-            raise ValueError("methods is empty; name at least one POSITION:RECIPE, e.g. rope:plain.")
-        for method in (*self.methods, self.control, *(self.extension_methods or ())):
-            parse_method(method)
-        missing = [m for m in self.extension_methods or () if m not in self.methods]
-        if missing:
-            raise ValueError(f"extension_methods {missing} are not in methods; list only benchmarked methods.")
-        if self.control not in self.methods or parse_method(self.control)[1] == "zero-shot":
-            raise ValueError(f"control={self.control!r} must be one of the trained methods (default rope:plain).")
-        for name in ("block_size", "steps", "global_batch_size", "eval_every", "eval_blocks", "eval_documents",
-                     "heldout_documents", "passkey_samples", "extension_documents"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if not self.rope_factor >= 1:
-            raise ValueError(f"rope_factor must be >= 1 (the context extension factor), got {self.rope_factor}.")
-        if not 0 < self.distill_weight <= 1:
-            raise ValueError(f"distill_weight must be in (0, 1], got {self.distill_weight}.")
-
-    def subset(self, methods: tuple[str, ...]) -> "ConversionConfig":
-        """The same benchmark for a subset of its methods (``extension_methods`` restricted alike)."""
-        extension = tuple(m for m in self.extension_methods if m in methods) if self.extension_methods else None
-        return dataclasses.replace(self, methods=methods, extension_methods=extension)
-
-    @property
-    def lengths(self) -> list[int]:
-        """Perplexity lengths in tokens."""
-        return sorted({int(self.block_size * m) for m in self.length_multiples})
-
-    @property
-    def passkey_lengths(self) -> list[int]:
-        """Passkey prompt lengths in tokens."""
-        return sorted({int(self.block_size * m) for m in self.passkey_multiples})
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "ConversionConfig":
-        """Read a YAML file of fields, or a shipped config by name (`bench_config_path`).
-
-        Unknown keys raise ValueError listing the known ones.
-        """
-        import yaml
-
-        from hf_wavepos.experiments.bench_configs import bench_config_path
-
-        path = bench_config_path(path)
-        data = yaml.safe_load(path.read_text()) or {}
-        data.update(overrides)
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"{path}: unknown field(s) {unknown}; known fields: {', '.join(sorted(known))}.")
-        for key, value in data.items():
-            if isinstance(value, list):
-                data[key] = tuple(value)
-        return cls(**data)
-
-
-def slug(method: str) -> str:
-    """Folder name of a method: ``long:distill`` -> ``long_distill``."""
-    return method.replace(":", "_")
+from hf_wavepos.experiments.conversion_config import (  # noqa: F401  (public names of the benchmark)
+    CONVERTED,
+    POSITIONS,
+    RECIPES,
+    ROPE_SCALING,
+    ConversionConfig,
+    parse_method,
+    slug,
+)
+from hf_wavepos.experiments.conversion_report import (  # noqa: F401
+    markdown_table,
+    record_scores,
+    recovery_curve,
+    tokens_to_within,
+    write_readme,
+    write_results,
+)
 
 
 def rope_parameters(position: str, config: Any, factor: float) -> dict[str, Any] | None:
@@ -233,26 +114,6 @@ def train_config(config: ConversionConfig, method: str, stock: Path, out: Path) 
         "log": {"trackers": [], "every_steps": max(1, config.steps // 20), "run_name": f"conversion_{slug(method)}"},
         "output_dir": str(out / "models" / slug(method)),
     })
-
-
-def recovery_curve(run_dir: str | Path, tokens_per_step: int) -> list[dict[str, float]]:
-    """Held-out loss against recalibration step of a finished training run (its ``metrics.jsonl``).
-
-    Returns:
-        Rows ``{"step", "tokens", "val_loss", "perplexity"}`` in step order (step 0: before training).
-    """
-    rows = {}
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "val_loss" in record:
-            rows[record["step"]] = record["val_loss"]
-    return [{"step": s, "tokens": s * tokens_per_step, "val_loss": v, "perplexity": math.exp(v)}
-            for s, v in sorted(rows.items())]
-
-
-def tokens_to_within(curve: list[dict[str, float]], target: float, margin: float) -> int | None:
-    """Training tokens after which held-out perplexity is first <= (1 + margin) x ``target`` (None: never)."""
-    return next((row["tokens"] for row in curve if row["perplexity"] <= (1 + margin) * target), None)
 
 
 def load_method_model(config: ConversionConfig, method: str, folder: str | Path) -> Any:
@@ -304,95 +165,6 @@ def long_documents(texts: list[str], tokenizer: Any, length: int, count: int) ->
         raise ValueError(f"the held-out files make only {len(documents)} documents of {length} tokens, fewer than "
                          f"{count}: raise heldout_documents or lower the length / the document count.")
     return documents, f"{len(whole)} held-out files of >= {length} tokens and {len(joined)} made of joined held-out files"
-
-
-def plot_recovery(curves: dict[str, list[dict]], control_ppl: float, path: Path, title: str) -> Path:
-    """Held-out perplexity (log y) against training tokens, one line per trained method; the
-    control's final perplexity and 1.1x / 1.25x of it as horizontal lines."""
-    from hf_wavepos.eval.plots import pyplot
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5), constrained_layout=True)
-    for method, rows in curves.items():
-        ax.plot([r["tokens"] for r in rows], [r["perplexity"] for r in rows], marker="o", markersize=3, label=method)
-    for factor, style in ((1.0, "-"), (1.1, "--"), (1.25, ":")):
-        ax.axhline(factor * control_ppl, color="grey", linestyle=style, linewidth=1,
-                   label=f"{factor:g} x control ({factor * control_ppl:.2f})")
-    ax.set_yscale("log")
-    ax.set_xlabel("recalibration tokens")
-    ax.set_ylabel("held-out perplexity at the recalibration length (log)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="x-small", ncol=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def markdown_table(summary: dict[str, Any]) -> str:
-    """The results table of ``conversion.json`` as Markdown (one row per method)."""
-    settings = summary["settings"]
-    lengths = summary["lengths"]
-    passkey = summary.get("passkey_lengths", [])
-    ext = settings.get("extension_length")
-    header = ["method", "trained tokens", "train min", "held-out ppl: start -> end", "vs control",
-              "tokens to 1.25x", "tokens to 1.1x", *(f"ppl {n}" for n in lengths),
-              *((f"ppl {ext}",) if ext else ()), *(f"passkey {n}" for n in passkey)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for method, row in summary["methods"].items():
-        curve = row.get("recovery") or []
-        start_end = f"{curve[0]['perplexity']:.2f} -> {curve[-1]['perplexity']:.2f}" if curve else "-"
-        cells = [f"`{method}`", _fmt(row.get("trained_tokens")), _fmt(row.get("train_minutes"), 1), start_end,
-                 _fmt(row.get("vs_control")) + ("x" if row.get("vs_control") else ""),
-                 _fmt(row.get("tokens_to_1.25x")), _fmt(row.get("tokens_to_1.1x")),
-                 *(_fmt(row.get("perplexity", {}).get(str(n))) for n in lengths)]
-        if ext:
-            cells.append(_fmt(row.get("extension_perplexity")))
-        cells += [_fmt(row.get("passkey", {}).get(str(n)), 2) for n in passkey]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def write_readme(summary: dict[str, Any], out: Path, command: str | None = None) -> Path:
-    """``out/README.md``: what ran, on which device, and the table."""
-    s = summary["settings"]
-    control = summary["methods"][s["control"]]
-    text = [
-        f"# Conversion benchmark: {summary['source_model']}",
-        "",
-        f"Device: {summary['device']}. Recalibration at {s['block_size']} tokens: {s['steps']} steps x "
-        f"{s['global_batch_size']} blocks = {s['steps'] * s['global_batch_size'] * s['block_size']:,} tokens per "
-        f"trained method, lr {s['lr']:g} (LoRA {s['lora_lr']:g}), seed {s['seed']}, the same standard-library files "
-        f"for every method. Control: `{s['control']}` (held-out perplexity {control['final_perplexity']:.2f}).",
-        "",
-        f"Command: `{command or summary.get('command', 'wavepos bench conversion')}`",
-        "",
-        "Columns: held-out perplexity at the recalibration length before and after training (the recovery "
-        "curve is recovery.png); its ratio to the control; the training tokens after which it first came "
-        "within 25% / 10% of the control (- : not within the budget); full-sequence perplexity by length on "
-        f"{summary['perplexity_documents']} held-out files"
-        + (f" and at {s['extension_length']} tokens ({summary.get('extension_documents_description')})"
-           if s.get("extension_length") else "")
-        + f"; passkey accuracy by prompt length ({s['passkey_samples']} samples x {len(s['passkey_depths'])} depths).",
-        "",
-        markdown_table(summary),
-        "",
-        f"Training time of the trained methods: {sum(r.get('train_minutes', 0) for r in summary['methods'].values()):.0f} "
-        f"min; wall time of the last sitting: {summary['seconds'] / 60:.0f} min (trainings and scores of earlier "
-        "sittings are reused, not repeated).",
-    ]
-    path = out / "README.md"
-    path.write_text("\n".join(text) + "\n")
-    return path
 
 
 def _train_method(config: ConversionConfig, method: str, stock: Path, out: Path, label: str) -> dict[str, Any]:
@@ -483,8 +255,6 @@ def run_conversion(config: ConversionConfig, out: str | Path, command: str | Non
 
     from hf_wavepos.convert import convert_checkpoint
     from hf_wavepos.data import load_text_splits
-    from hf_wavepos.eval.plots import plot_accuracy_by_length
-    from hf_wavepos.eval.report import write_csv, write_perplexity, write_retrieval
     from hf_wavepos.experiments.extrapolation import run_record
 
     out = Path(out)
@@ -520,41 +290,9 @@ def run_conversion(config: ConversionConfig, out: str | Path, command: str | Non
         else:
             methods[method] = _train_method(config, method, stock, out, label)
         scores[method] = _scores(config, method, methods[method]["folder"], out, tokenizer, texts, descriptions)
-        row = methods[method]
-        row["perplexity"] = {str(r["length"]): r["perplexity"] for r in scores[method]["perplexity"]["result"]}
-        if "extension" in scores[method]:
-            row["extension_perplexity"] = scores[method]["extension"]["result"][0]["perplexity"]
-            row["extension_seconds_per_document"] = scores[method]["extension"]["seconds"] / len(texts["extension"])
-        passkey = scores[method]["passkey"]["result"]
-        row["passkey"] = {str(n): sum(r[j] for r in passkey["accuracy"]) / len(passkey["depths"])
-                          for j, n in enumerate(passkey["lengths"])}
+        record_scores(methods[method], scores[method], texts)
 
-    target = methods[config.control]["final_perplexity"]
-    recovery_rows = []
-    for method, row in methods.items():
-        if row.get("recovery"):
-            row["vs_control"] = row["final_perplexity"] / target
-            for margin in (0.25, 0.1):
-                row[f"tokens_to_{1 + margin:g}x"] = tokens_to_within(row["recovery"], target, margin)
-            recovery_rows += [{"method": method, **r} for r in row["recovery"]]
-    write_csv(recovery_rows, out / "recovery.csv")
-    plot_recovery({m: r["recovery"] for m, r in methods.items() if r.get("recovery")}, target, out / "recovery.png",
-                  f"recovery at {config.block_size} tokens ({config.global_batch_size} blocks per step)")
-    protocol = {"mode": "full", "stride": None, "num_texts": len(texts["main"]), "max_tokens": None}
-    write_perplexity({"task": "perplexity", "protocol": {**protocol, "lengths": config.lengths,
-                                                         "source": f"stdlib held-out ({descriptions['main']})"},
-                      "results": {m: s["perplexity"]["result"] for m, s in scores.items()}}, out,
-                     train_length=config.block_size)
-    extension = {m: s["extension"]["result"] for m, s in scores.items() if "extension" in s}
-    if extension:
-        write_perplexity({"task": "perplexity", "protocol": {**protocol, "num_texts": len(texts["extension"]),
-                                                             "lengths": [config.extension_length],
-                                                             "source": descriptions["extension"]},
-                          "results": extension}, out / "extension", train_length=config.block_size)
-    write_retrieval({m: s["passkey"]["result"] for m, s in scores.items()}, out, "passkey")
-    plot_accuracy_by_length({m: {int(n): a for n, a in methods[m]["passkey"].items()} for m in config.methods},
-                            config.block_size, out / "passkey_by_length.png",
-                            f"passkey accuracy ({config.passkey_samples} x {len(config.passkey_depths)} depths per length)")
+    target, extension = write_results(config, methods, scores, texts, descriptions, out)
 
     summary = {
         "benchmark": "converting a pretrained RoPE model: recovery, perplexity by length, passkey",

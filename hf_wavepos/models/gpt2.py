@@ -16,7 +16,8 @@ import torch
 from transformers import GPT2Config
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2LMHeadModel, GPT2Model
 
-from hf_wavepos.models.common import WavePosAttentionMixin, WavePosConfigMixin, WavePosPreTrainedMixin, link_classes
+from hf_wavepos.models.common import WavePosAttentionMixin, WavePosConfigMixin, WavePosPreTrainedMixin
+from hf_wavepos.models.linking import link_classes
 
 def gpt2_head_dim(config: Any) -> int:
     """Per-head size of a GPT-2 config: n_embd // n_head."""

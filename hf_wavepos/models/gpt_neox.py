@@ -17,7 +17,8 @@ from transformers.models.gpt_neox.modeling_gpt_neox import (
     GPTNeoXModel,
 )
 
-from hf_wavepos.models.common import WavePosAttentionMixin, WavePosConfigMixin, WavePosPreTrainedMixin, link_classes
+from hf_wavepos.models.common import WavePosAttentionMixin, WavePosConfigMixin, WavePosPreTrainedMixin
+from hf_wavepos.models.linking import link_classes
 
 
 def gpt_neox_head_dim(config: Any) -> int:

@@ -12,12 +12,8 @@ from typing import Any
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaForCausalLM, LlamaModel
 
-from hf_wavepos.models.common import (
-    SeparateProjectionsAttention,
-    WavePosConfigMixin,
-    WavePosPreTrainedMixin,
-    link_classes,
-)
+from hf_wavepos.models.common import SeparateProjectionsAttention, WavePosConfigMixin, WavePosPreTrainedMixin
+from hf_wavepos.models.linking import link_classes
 
 
 def llama_head_dim(config: Any) -> int:

@@ -30,6 +30,7 @@ CORE_MODULES = (
     "attention/dispatch.py",
     "positions.py",
     "models/common.py",
+    "models/linking.py",
 )
 
 HEADER = '''"""hf_wavepos remote code for {model_type}: wavelet-based relative positions (Oka et al., ICLR 2025).

@@ -14,12 +14,8 @@ from typing import Any
 from transformers import Qwen2Config
 from transformers.models.qwen2.modeling_qwen2 import Qwen2Attention, Qwen2ForCausalLM, Qwen2Model
 
-from hf_wavepos.models.common import (
-    SeparateProjectionsAttention,
-    WavePosConfigMixin,
-    WavePosPreTrainedMixin,
-    link_classes,
-)
+from hf_wavepos.models.common import SeparateProjectionsAttention, WavePosConfigMixin, WavePosPreTrainedMixin
+from hf_wavepos.models.linking import link_classes
 
 
 def qwen2_head_dim(config: Any) -> int:

@@ -1,0 +1,147 @@
+"""Settings of `hf_wavepos.experiments.conversion`: the methods (position x recalibration recipe)
+and `ConversionConfig`, read from a shipped or user YAML file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROPE_SCALING = {"rope-linear": "linear", "rope-dynamic": "dynamic", "rope-yarn": "yarn"}
+CONVERTED: dict[str, Any] = {
+    "nope": {"method": "nope"},
+    "alibi": {"method": "alibi"},
+    "long": "long",
+    "oka2025": "oka2025",
+    "oka2025-4k": "oka2025-4k",
+}
+POSITIONS = ("rope", *ROPE_SCALING, *CONVERTED)
+RECIPES = {
+    "zero-shot": "no training",
+    "plain": "all weights, next-token loss",
+    "distill": "all weights, KL to the stock model + (1 - distill_weight) x next-token loss",
+    "lora": "LoRA (q, k, v, o) + trainable norms, next-token loss",
+    "lora-distill": "LoRA (q, k, v, o) + trainable norms, distillation loss",
+}
+
+
+def parse_method(method: str) -> tuple[str, str]:
+    """``"long:distill"`` -> ``("long", "distill")`` (see the module docstring).
+
+    Raises:
+        ValueError: an unknown position or recipe, naming the allowed ones.
+    """
+    position, sep, recipe = method.partition(":")
+    if not sep or position not in POSITIONS or recipe not in RECIPES:
+        raise ValueError(f"method {method!r} must be POSITION:RECIPE with POSITION in {', '.join(POSITIONS)} and "
+                         f"RECIPE in {', '.join(RECIPES)} (e.g. long:distill).")
+    return position, recipe
+
+
+@dataclass(frozen=True)
+class ConversionConfig:
+    """One conversion benchmark: source model, methods, recalibration budget, evaluation.
+
+    Lengths are in tokens of the source model's tokenizer; ``lengths`` = ``length_multiples`` x
+    ``block_size`` (the recalibration length).
+    """
+
+    source: str = "SmolLM2-135M-Instruct.Q4_1.gguf"  # folder, Hub id, .gguf file or a folder with one
+    gguf_file: str | None = None
+    methods: tuple[str, ...] = ("rope:plain", "nope:distill", "long:distill")
+    control: str = "rope:plain"
+    block_size: int = 256
+    steps: int = 100
+    global_batch_size: int = 4
+    per_device_batch_size: int | None = None
+    lr: float = 3e-4
+    lora_lr: float = 2e-3  # LoRA recipes (adapters start at zero)
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    seed: int = 0
+    train_documents: int | None = 400
+    heldout_documents: int = 60
+    eval_every: int = 25
+    eval_blocks: int = 16
+    eval_documents: int = 8
+    length_multiples: tuple[float, ...] = (1, 4, 8)
+    extension_length: int | None = None
+    extension_documents: int = 4
+    extension_methods: tuple[str, ...] | None = None  # None: every method; (): none
+    passkey_multiples: tuple[float, ...] = (1, 4, 8)
+    passkey_depths: tuple[float, ...] = (0.0, 0.5, 1.0)
+    passkey_samples: int = 2
+    passkey_haystack: str = "debian-faq"
+    distill_weight: float = 0.9
+    distill_temperature: float = 1.0
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    rope_factor: float = 2.0
+    threads: int | None = 2
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    eval_batch_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.methods:
+            raise ValueError("methods is empty; name at least one POSITION:RECIPE, e.g. rope:plain.")
+        for method in (*self.methods, self.control, *(self.extension_methods or ())):
+            parse_method(method)
+        missing = [m for m in self.extension_methods or () if m not in self.methods]
+        if missing:
+            raise ValueError(f"extension_methods {missing} are not in methods; list only benchmarked methods.")
+        if self.control not in self.methods or parse_method(self.control)[1] == "zero-shot":
+            raise ValueError(f"control={self.control!r} must be one of the trained methods (default rope:plain).")
+        for name in ("block_size", "steps", "global_batch_size", "eval_every", "eval_blocks", "eval_documents",
+                     "heldout_documents", "passkey_samples", "extension_documents"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not self.rope_factor >= 1:
+            raise ValueError(f"rope_factor must be >= 1 (the context extension factor), got {self.rope_factor}.")
+        if not 0 < self.distill_weight <= 1:
+            raise ValueError(f"distill_weight must be in (0, 1], got {self.distill_weight}.")
+
+    def subset(self, methods: tuple[str, ...]) -> "ConversionConfig":
+        """The same benchmark for a subset of its methods (``extension_methods`` restricted alike)."""
+        extension = tuple(m for m in self.extension_methods if m in methods) if self.extension_methods else None
+        return dataclasses.replace(self, methods=methods, extension_methods=extension)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Perplexity lengths in tokens."""
+        return sorted({int(self.block_size * m) for m in self.length_multiples})
+
+    @property
+    def passkey_lengths(self) -> list[int]:
+        """Passkey prompt lengths in tokens."""
+        return sorted({int(self.block_size * m) for m in self.passkey_multiples})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> "ConversionConfig":
+        """Read a YAML file of fields, or a shipped config by name (`bench_config_path`).
+
+        Unknown keys raise ValueError listing the known ones.
+        """
+        import yaml
+
+        from hf_wavepos.experiments.bench_configs import bench_config_path
+
+        path = bench_config_path(path)
+        data = yaml.safe_load(path.read_text()) or {}
+        data.update(overrides)
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ValueError(f"{path}: unknown field(s) {unknown}; known fields: {', '.join(sorted(known))}.")
+        for key, value in data.items():
+            if isinstance(value, list):
+                data[key] = tuple(value)
+        return cls(**data)
+
+
+def slug(method: str) -> str:
+    """Folder name of a method: ``long:distill`` -> ``long_distill``."""
+    return method.replace(":", "_")
