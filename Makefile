@@ -34,7 +34,7 @@ bench-gpu: $(VENV)/.installed-dev
 	$(PY) bench/attention_gpu.py
 
 # Wheels a bare GPU machine lacks (no registry there), for bench/gpu_session.sh (Python 3.12 there).
-GPU_WHEELS ?= datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+GPU_WHEELS ?= datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 gguf==0.19.0
 gpu-wheels:
 	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \

@@ -95,6 +95,11 @@ def plot_recovery(curves: dict[str, list[dict]], control_ppl: float, path: Path,
         ax.axhline(factor * control_ppl, color="grey", linestyle=style, linewidth=1,
                    label=f"{factor:g} x control ({factor * control_ppl:.2f})")
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda y, _: f"{y:g}")  # 20, 50, 100 rather than 2 x 10^1
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}" if f"{y:e}"[0] in "25" else ""))
     ax.set_xlabel("recalibration tokens")
     ax.set_ylabel("held-out perplexity at the recalibration length (log)")
     ax.set_title(title)
