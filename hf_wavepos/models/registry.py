@@ -58,6 +58,9 @@ class Architecture:
     """Normalisation module names, trained as ``modules_to_save`` by LongLoRA."""
     lora_fan_in_fan_out: bool = False
     """True when the LoRA targets store weights transposed (GPT-2's Conv1D)."""
+    query_key_modules: tuple[str, ...] = ()
+    """The projections that form queries and keys (fused ones included), where a position method acts:
+    what attention transfer trains by default (`hf_wavepos.training.attention_transfer`)."""
     learned_positions_field: str | None = None
     """The config field holding how many positions the stock model's learned absolute embedding
     has (GPT-2: ``n_positions``); None for models without learned positions."""
@@ -300,7 +303,7 @@ register_architecture(Architecture(
     tiny_config=dict(vocab_size=96, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, intermediate_size=96, pad_token_id=0),
     lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), lora_embeddings=("embed_tokens",),
-    lora_norms=("input_layernorm", "post_attention_layernorm", "norm"),
+    lora_norms=("input_layernorm", "post_attention_layernorm", "norm"), query_key_modules=("q_proj", "k_proj"),
 ))
 register_architecture(Architecture(
     stock_model_type="gpt_neox", name="GPT-NeoX", module=gpt_neox, config_class=gpt_neox.WavePosGPTNeoXConfig,
@@ -312,6 +315,7 @@ register_architecture(Architecture(
                      pad_token_id=0),
     lora_target_modules=("query_key_value",), lora_embeddings=("embed_in",),
     lora_norms=("input_layernorm", "post_attention_layernorm", "final_layer_norm"),
+    query_key_modules=("query_key_value",),
 ))
 register_architecture(Architecture(
     stock_model_type="gpt2", name="GPT-2", module=gpt2, config_class=gpt2.WavePosGPT2Config,
@@ -321,6 +325,6 @@ register_architecture(Architecture(
     tiny_config=dict(vocab_size=96, n_embd=64, n_layer=2, n_head=4, n_positions=32, attn_pdrop=0.0,
                      resid_pdrop=0.0, embd_pdrop=0.0, pad_token_id=0),
     lora_target_modules=("c_attn",), lora_embeddings=("wte",), lora_norms=("ln_1", "ln_2", "ln_f"),
-    lora_fan_in_fan_out=True, learned_positions_field="n_positions",
+    lora_fan_in_fan_out=True, learned_positions_field="n_positions", query_key_modules=("c_attn",),
     on_apply=gpt2.drop_learned_positions, on_revert=gpt2.restore_learned_positions,
 ))

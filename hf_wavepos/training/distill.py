@@ -8,11 +8,14 @@ the teacher handles. The loss of a micro-batch becomes
 
     weight x T^2 x sum_i KL( softmax(t_i / T) || softmax(s_i / T) )  +  (1 - weight) x sum_i CE(s_i, y_i)
 
-summed over the same predicted positions i as `hf_wavepos.training.loop.token_loss_sum` (the loop
+summed over the same predicted positions i as `hf_wavepos.training.losses.token_loss_sum` (the loop
 divides by the global batch's target count, so the scale of both terms matches the plain loss).
 
+With ``distill.target: attention`` the objective is attention transfer instead
+(`hf_wavepos.training.attention_transfer`): every attention layer matches the teacher's.
+
 The loop calls two things: `build_distiller` once (None when ``distill.enabled`` is false) and
-`Distiller.loss_sum` per micro-batch, in place of the plain summed loss.
+``micro_batch_loss(model, batch, targets)`` per micro-batch, in place of the plain summed loss.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch.nn.functional as F
 
 from hf_wavepos.data.packing import IGNORE_INDEX
 from hf_wavepos.training.experiment_config import TrainConfig
+from hf_wavepos.training.losses import token_loss_sum
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -73,6 +77,12 @@ class Distiller:
         """(B, L, V) teacher logits for a micro-batch (``input_ids``, ``position_ids``: (B, L))."""
         return self.teacher(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
 
+    def micro_batch_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor], targets: int) -> torch.Tensor:
+        """`loss_sum` of the student's forward pass on ``batch`` (``targets`` is unused: the sums
+        are over the same tokens the loop counts)."""
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+        return self.loss_sum(token_loss_sum(logits, batch["labels"]), logits, batch)
+
     def loss_sum(self, token_loss: torch.Tensor, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The micro-batch's summed training loss with distillation.
 
@@ -119,22 +129,42 @@ def load_teacher(config: TrainConfig, device: torch.device) -> torch.nn.Module:
     return teacher.to(device)
 
 
-def build_distiller(config: TrainConfig, device: torch.device, vocab_size: int) -> Distiller | None:
-    """The run's `Distiller`, or None when ``distill.enabled`` is false.
+def build_distiller(config: TrainConfig, device: torch.device, vocab_size: int,
+                    model: torch.nn.Module | None = None) -> Any:
+    """The run's `Distiller` (``distill.target: logits``) or
+    `hf_wavepos.training.attention_transfer.AttentionTransfer` (``attention``), or None when
+    ``distill.enabled`` is false. Call it on the student before Accelerate wraps it.
 
     Args:
         config: the experiment.
         device: where the student trains (the teacher goes there too).
         vocab_size: the student's output size (the teacher must match it).
+        model: the student; needed for attention transfer (its attention layers are hooked) and
+            for ``distill.trainable`` (the other parameters are frozen).
 
     Raises:
-        ValueError: the teacher's vocabulary differs from the student's.
+        ValueError: the teacher's vocabulary differs from the student's; ``distill.trainable``
+            names no module of the student; the teacher's layers differ from the student's.
     """
-    if not config.distill.enabled:
+    section = config.distill
+    if not section.enabled:
         return None
+    if model is None and (section.target == "attention" or section.trainable is not None):
+        raise ValueError("build_distiller needs the student model for distill.target attention or distill.trainable.")
     teacher = load_teacher(config, device)
     teacher_vocab = teacher.get_output_embeddings().weight.shape[0]
     if teacher_vocab != vocab_size:
         raise ValueError(f"distill.teacher has a vocabulary of {teacher_vocab}, the model {vocab_size}: the teacher "
                          "must use the student's tokenizer.")
-    return Distiller(teacher, config.distill.weight, config.distill.temperature)
+    if section.target == "attention":
+        from hf_wavepos.models.registry import architecture_of
+        from hf_wavepos.training.attention_transfer import AttentionTransfer, freeze_except
+
+        if not config.lora.enabled:
+            freeze_except(model, section.trainable or architecture_of(model.config.model_type).query_key_modules)
+        return AttentionTransfer(teacher, model)
+    if section.trainable is not None:
+        from hf_wavepos.training.attention_transfer import freeze_except
+
+        freeze_except(model, section.trainable)
+    return Distiller(teacher, section.weight, section.temperature)

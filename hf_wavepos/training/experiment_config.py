@@ -40,6 +40,7 @@ KEEP_POSITIONS = ("rope", "keep")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")
 SCHEDULES = ("cosine", "linear", "constant")
+DISTILL_TARGETS = ("logits", "attention")
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
@@ -242,8 +243,22 @@ class DistillSection:
     )
     weight: float = _help("Share of the KL term: loss = weight x KL + (1 - weight) x next-token loss.", 1.0)
     temperature: float = _help("Softmax temperature of both distributions (the KL is scaled by T^2).", 1.0)
+    target: str = _help(
+        "What the student matches: 'logits' (the next-token distribution; weight and temperature apply) or "
+        "'attention' (every attention layer's output on the teacher's hidden states: attention transfer, "
+        "hf_wavepos.training.attention_transfer).", "logits"
+    )
+    trainable: list | None = _help(
+        "Train only the modules with these names (e.g. [q_proj, k_proj]); None: the query/key projections of the "
+        "architecture for target 'attention', every parameter for 'logits'.", None
+    )
 
     def validate(self) -> None:
+        if self.target not in DISTILL_TARGETS:
+            raise ValueError(f"distill.target={self.target!r} is not allowed; allowed values: {', '.join(DISTILL_TARGETS)}.")
+        if self.trainable is not None and (not isinstance(self.trainable, list) or not self.trainable
+                                           or not all(isinstance(n, str) for n in self.trainable)):
+            raise ValueError(f"distill.trainable must be a non-empty list of module names or null, got {self.trainable!r}.")
         if not 0 < self.weight <= 1:
             raise ValueError(f"distill.weight must be in (0, 1], got {self.weight}.")
         if not self.temperature > 0:
@@ -317,6 +332,12 @@ class TrainConfig:
             raise ValueError("lora.enabled needs model.pretrained (LoRA adapts an existing checkpoint).")
         if self.distill.enabled and self.distill.teacher is None and self.model.pretrained is None:
             raise ValueError("distill.enabled needs distill.teacher or model.pretrained (the default teacher).")
+        if self.distill.enabled and self.distill.trainable is not None and self.lora.enabled:
+            raise ValueError("distill.trainable and lora.enabled both choose the trained parameters; set one of them.")
+        if self.distill.enabled and self.distill.target == "attention" and self.train.gradient_checkpointing:
+            raise ValueError("distill.target attention cannot run with train.gradient_checkpointing (recomputed layers "
+                             "would not see the teacher's hidden states); it needs little memory anyway: set "
+                             "train.gradient_checkpointing false.")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":

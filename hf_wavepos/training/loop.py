@@ -30,19 +30,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hf_wavepos.data.packing import IGNORE_INDEX, collate_blocks
+from hf_wavepos.data.packing import collate_blocks
 from hf_wavepos.machine import device_name
 from hf_wavepos.training import checkpoint as ckpt
 from hf_wavepos.training.experiment_config import TrainConfig
+from hf_wavepos.training.losses import count_targets, token_loss_sum
 from hf_wavepos.training.outputs import SUMMARY_FILE, merge_lora_from_config, save_final, save_run_checkpoint, write_metrics
 from hf_wavepos.training.run import Prepared, Run, build_run, prepare_run
 
 __all__ = [
     "Prepared", "Run", "StepActions", "StepResult", "TrainResult", "build_run", "count_targets", "end_step",
-    "evaluate", "finish_run", "merge_lora_from_config", "prepare_run", "step_actions", "token_loss_sum",
+    "evaluate", "finish_run", "merge_lora_from_config", "micro_batch_loss", "prepare_run", "step_actions", "token_loss_sum",
     "train", "train_step",
 ]
 
@@ -59,26 +59,6 @@ class TrainResult:
     final_model: str | None
     adapter: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
-
-
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Summed next-token cross-entropy over the labelled tokens.
-
-    Args:
-        logits: (B, L, V) model outputs.
-        labels: (B, L) unshifted labels; position i's logits predict labels[i + 1]; `IGNORE_INDEX`
-            entries (document starts) are skipped.
-
-    Returns:
-        Scalar float32 sum (divide by `count_targets` of the whole global batch for the mean).
-    """
-    shifted = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    return F.cross_entropy(shifted, labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
-
-
-def count_targets(labels: torch.Tensor) -> int:
-    """Number of tokens `token_loss_sum` adds up for ``labels`` (B, L)."""
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 def evaluate(model: Any, blocks: Any, accelerator: Any, batch_size: int) -> float:
@@ -167,10 +147,7 @@ def train_step(run: Run, step: int) -> StepResult:
     grad_norm, lr = None, run.scheduler.get_last_lr()[0]
     for mb in micro:
         with accelerator.accumulate(model):
-            logits = model(input_ids=mb["input_ids"], position_ids=mb["position_ids"]).logits
-            summed = token_loss_sum(logits, mb["labels"])
-            if run.distiller is not None:  # weight x KL to the teacher + (1 - weight) x next-token loss
-                summed = run.distiller.loss_sum(summed, logits, mb)
+            summed = micro_batch_loss(run, model, mb)
             # accelerate divides by the accumulation steps and DDP averages over processes:
             # the gradient becomes sum over the global batch / number of its targets.
             accelerator.backward(summed * scale)
@@ -184,6 +161,15 @@ def train_step(run: Run, step: int) -> StepResult:
                 optimizer.zero_grad(set_to_none=True)
     run.train_loss = float(accelerator.reduce(loss_sum, "sum") / global_targets)
     return StepResult(run.train_loss, None if grad_norm is None else float(grad_norm), lr)
+
+
+def micro_batch_loss(run: Run, model: Any, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The summed loss of one micro-batch: next-token loss, or the ``distill`` objective (logit
+    distillation mixed with it, or attention transfer), each a sum over the micro-batch's targets."""
+    if run.distiller is not None:
+        return run.distiller.micro_batch_loss(model, mb, count_targets(mb["labels"]))
+    logits = model(input_ids=mb["input_ids"], position_ids=mb["position_ids"]).logits
+    return token_loss_sum(logits, mb["labels"])
 
 
 # -------------------------------------------------------------------------------- 5. step end
@@ -246,6 +232,8 @@ def finish_run(run: Run) -> TrainResult:
     accelerator, config, plan = run.accelerator, run.config, run.prepared.plan
     tokens_per_second = run.throughput.tokens_per_second()
     _evaluate_and_log(run, run.max_steps)
+    if hasattr(run.distiller, "close"):  # attention transfer: its hooks leave the model
+        run.distiller.close()
     if run.last_saved != run.max_steps:
         save_run_checkpoint(accelerator, config, run.max_steps, run.train_loss)
     final_model, adapter = save_final(accelerator, run.model, run.prepared.tokenizer, config)

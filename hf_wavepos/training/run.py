@@ -163,7 +163,7 @@ def build_run(prepared: Prepared) -> Run:
     max_steps = config.train.max_steps or math.ceil(config.train.max_tokens / block_tokens)
     accelerator = make_accelerator(config, plan, prepared.cpu)
     model = instantiate_model(config.model, prepared.hf_config, prepared.position, seed=config.train.seed)
-    distiller = build_distiller(config, accelerator.device, prepared.hf_config.vocab_size)
+    distiller = build_distiller(config, accelerator.device, prepared.hf_config.vocab_size, model)
     model_type = type(model.config).model_type  # after conversion, e.g. wavepos_llama
     model.config.use_cache = False
     if config.train.gradient_checkpointing:

@@ -38,7 +38,7 @@ def check_entry(arch: Architecture) -> None:
     assert q.shape[-1] == k.shape[-1] == v.shape[-1] == arch.head_dim(model.config)
     # Every LoRA name is a module of the model; the other config fields exist.
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    for field in ("lora_target_modules", "lora_embeddings", "lora_norms"):
+    for field in ("lora_target_modules", "lora_embeddings", "lora_norms", "query_key_modules"):
         assert set(getattr(arch, field)) <= names, (arch.stock_model_type, field, names)
     assert hasattr(model.config, arch.attention_dropout_field)
     assert arch.learned_positions_field is None or hasattr(model.config, arch.learned_positions_field)
@@ -84,7 +84,7 @@ QWEN2 = Architecture(
     tiny_config=dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, intermediate_size=96, pad_token_id=0),
     lora_target_modules=("q_proj", "k_proj", "v_proj", "o_proj"), lora_embeddings=("embed_tokens",),
-    lora_norms=("input_layernorm", "post_attention_layernorm", "norm"),
+    lora_norms=("input_layernorm", "post_attention_layernorm", "norm"), query_key_modules=("q_proj", "k_proj"),
 )
 
 
