@@ -24,7 +24,8 @@ from hf_wavepos.experiments.conversion import (  # noqa: E402
     tokens_to_within,
 )
 
-METHODS = ["rope:plain", "rope-yarn:zero-shot", "rope-linear:plain", "nope:distill", "long:plain", "alibi:lora-distill"]
+METHODS = ["rope:plain", "rope-yarn:zero-shot", "rope-linear:plain", "nope:distill", "long:plain", "alibi:lora-distill",
+           "long:transfer", "long:transfer-distill"]
 
 
 @pytest.fixture()
@@ -52,7 +53,7 @@ def test_bench_conversion_end_to_end(tmp_path, fresh_accelerate, capsys):
     config = tmp_path / "conversion.yaml"
     config.write_text(json.dumps({
         "source": str(tmp_path / "tiny"), "methods": METHODS, "block_size": 64, "steps": 3, "global_batch_size": 2,
-        "lr": 3e-3, "lora_lr": 1e-2, "warmup_steps": 1, "train_documents": 6, "heldout_documents": 12,
+        "lr": 3e-3, "lora_lr": 1e-2, "transfer_steps": 2, "warmup_steps": 1, "train_documents": 6, "heldout_documents": 12,
         "eval_every": 1, "eval_blocks": 2, "eval_documents": 2, "length_multiples": [1, 2],
         "extension_length": 600, "extension_documents": 2, "extension_methods": ["rope:plain", "long:plain"],
         "passkey_multiples": [4], "passkey_depths": [0.5], "passkey_samples": 1, "lora_r": 2, "lora_alpha": 4,
@@ -67,8 +68,14 @@ def test_bench_conversion_end_to_end(tmp_path, fresh_accelerate, capsys):
         if parse_method(method)[1] == "zero-shot":
             assert "recovery" not in row
             continue
-        steps = [r["step"] for r in row["recovery"]]
-        assert steps == [0, 1, 2, 3] and row["trained_tokens"] == 3 * 2 * 64  # step 0: right after conversion
+        tokens = [r["tokens"] for r in row["recovery"]]
+        if parse_method(method)[1].startswith("transfer"):  # 2 transfer steps (+ 3 distillation steps)
+            stages = [r["stage"] for r in row["recovery"]]
+            expected = [0, 128, 256] + ([384, 512, 640] if method.endswith("distill") else [])
+            assert tokens == expected and row["trained_tokens"] == expected[-1], (method, tokens)
+            assert stages[:3] == ["transfer"] * 3 and stages[3:] == ["distill"] * (len(stages) - 3)
+            continue
+        assert tokens == [0, 128, 256, 384] and row["trained_tokens"] == 3 * 2 * 64  # 0: right after conversion
         assert row["recovery"][-1]["perplexity"] == pytest.approx(row["final_perplexity"])
         assert "tokens_to_1.25x" in row and row["vs_control"] > 0
     control = summary["methods"]["rope:plain"]
@@ -83,6 +90,16 @@ def test_bench_conversion_end_to_end(tmp_path, fresh_accelerate, capsys):
     readme = (out / "README.md").read_text()
     assert "| `long:plain` |" in readme and "--config" in readme and "ppl 600" in readme
     assert not list((out / "models").glob("*/checkpoints"))  # optimiser states removed
+
+    # The transfer stage trains only the query/key projections and is shared by both transfer recipes;
+    # the distillation stage starts from it, with the stock model as its teacher.
+    assert sorted(p.name for p in (out / "models").glob("long_transfer*")) == ["long_transfer", "long_transfer-distill"]
+    assert summary["methods"]["long:transfer"]["trainable_parameters"] < summary["methods"]["long:plain"]["trainable_parameters"]
+    from hf_wavepos.training import load_config
+
+    second = load_config(out / "models" / "long_transfer-distill" / "train_config.yaml")
+    assert second.model.pretrained == str(out / "models" / "long_transfer" / "final") and second.model.position == "keep"
+    assert second.distill.teacher == str(out / "stock") and second.distill.target == "logits"
 
     # Trained models reload as saved: the scaled RoPE keeps its rope_parameters, conversions their type.
     linear = AutoModelForCausalLM.from_pretrained(out / "models" / "rope-linear_plain" / "final")

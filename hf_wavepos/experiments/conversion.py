@@ -55,6 +55,7 @@ from hf_wavepos.experiments.conversion_config import (  # noqa: F401  (public na
     POSITIONS,
     RECIPES,
     ROPE_SCALING,
+    TRANSFER_RECIPES,
     ConversionConfig,
     parse_method,
     slug,
@@ -85,8 +86,15 @@ def rope_parameters(position: str, config: Any, factor: float) -> dict[str, Any]
     return parameters
 
 
-def train_config(config: ConversionConfig, method: str, stock: Path, out: Path) -> Any:
-    """The training loop's `TrainConfig` for one trained method (identical data, steps, seed)."""
+def train_config(config: ConversionConfig, method: str, stock: Path, out: Path, stage: str | None = None) -> Any:
+    """The training loop's `TrainConfig` for one trained method (identical data, seed and batch).
+
+    Args:
+        stage: for the transfer recipes, ``"transfer"`` (attention transfer from the stock checkpoint,
+            ``transfer_steps`` at ``transfer_lr``) or ``"distill"`` (the second stage of
+            ``transfer-distill``: all weights distilled to the stock model, starting from the
+            transfer run); None for the other recipes.
+    """
     from transformers import AutoConfig
 
     from hf_wavepos.training import TrainConfig
@@ -95,25 +103,44 @@ def train_config(config: ConversionConfig, method: str, stock: Path, out: Path) 
     scaled = rope_parameters(position, AutoConfig.from_pretrained(stock), config.rope_factor)
     lora = recipe.startswith("lora")
     per_device = config.per_device_batch_size or config.global_batch_size
+    pretrained, model_position, steps, lr = str(stock), CONVERTED.get(position, "rope"), config.steps, config.lr
+    distill = {"enabled": recipe.endswith("distill"), "weight": config.distill_weight,
+               "temperature": config.distill_temperature}
+    name = slug(method)
+    if stage == "transfer":
+        steps, lr, name = config.transfer_steps, config.transfer_lr, slug(f"{position}:transfer")
+        distill = {"enabled": True, "target": "attention"}
+    elif stage == "distill":
+        pretrained, model_position = str(out / "models" / slug(f"{position}:transfer") / "final"), "keep"
+        distill["teacher"] = str(stock)  # the transfer run's own RoPE revert would carry its new q/k weights
     return TrainConfig.from_dict({
-        "model": {"pretrained": str(stock), "position": CONVERTED.get(position, "rope"),
+        "model": {"pretrained": pretrained, "position": model_position,
                   "config_overrides": {"rope_parameters": scaled} if scaled else {}},
         "data": {"dataset": "stdlib", "max_documents": config.train_documents,
                  "validation_size": config.heldout_documents, "block_size": config.block_size},
         "train": {"seed": config.seed, "global_batch_size": config.global_batch_size,
-                  "per_device_batch_size": per_device, "max_steps": config.steps,
-                  "mixed_precision": config.mixed_precision, "gradient_checkpointing": config.gradient_checkpointing},
-        "optim": {"lr": config.lora_lr if lora else config.lr, "weight_decay": config.weight_decay},
-        "schedule": {"name": "cosine", "warmup_steps": config.warmup_steps, "min_lr_ratio": 0.1},
+                  "per_device_batch_size": per_device, "max_steps": steps,
+                  "mixed_precision": config.mixed_precision,
+                  "gradient_checkpointing": config.gradient_checkpointing and stage != "transfer"},
+        "optim": {"lr": config.lora_lr if lora else lr, "weight_decay": config.weight_decay},
+        "schedule": {"name": "cosine", "warmup_steps": min(config.warmup_steps, steps), "min_lr_ratio": 0.1},
         "lora": {"enabled": lora, "r": config.lora_r, "alpha": config.lora_alpha, "train_norms": True,
                  "save_merged": True},
-        "distill": {"enabled": recipe.endswith("distill"), "weight": config.distill_weight,
-                    "temperature": config.distill_temperature},
+        "distill": distill,
         "checkpoint": {"every_steps": None, "keep_last": 1},
-        "eval": {"every_steps": config.eval_every, "max_blocks": config.eval_blocks, "at_start": True},
-        "log": {"trackers": [], "every_steps": max(1, config.steps // 20), "run_name": f"conversion_{slug(method)}"},
-        "output_dir": str(out / "models" / slug(method)),
+        "eval": {"every_steps": config.eval_every, "max_blocks": config.eval_blocks, "at_start": stage != "distill"},
+        "log": {"trackers": [], "every_steps": max(1, steps // 20), "run_name": f"conversion_{name}"},
+        "output_dir": str(out / "models" / name),
     })
+
+
+def training_stages(config: ConversionConfig, method: str) -> list[tuple[str, str | None]]:
+    """The training runs of a method, in order: ``(run folder name, stage)`` (see `train_config`)."""
+    position, recipe = parse_method(method)
+    if recipe not in TRANSFER_RECIPES:
+        return [(slug(method), None)]
+    stages = [(slug(f"{position}:transfer"), "transfer")]
+    return stages + [(slug(method), "distill")] if recipe == "transfer-distill" else stages
 
 
 def load_method_model(config: ConversionConfig, method: str, folder: str | Path) -> Any:
@@ -168,26 +195,35 @@ def long_documents(texts: list[str], tokenizer: Any, length: int, count: int) ->
 
 
 def _train_method(config: ConversionConfig, method: str, stock: Path, out: Path, label: str) -> dict[str, Any]:
-    """Train one method (or reuse its finished run); return its training record and recovery curve."""
+    """Train one method, stage by stage (or reuse its finished runs); return its training record and
+    its recovery curve (the stages' held-out evaluations joined on one token axis)."""
     from hf_wavepos.training import train
 
-    run_dir = out / "models" / slug(method)
-    summary_file = run_dir / "train_summary.json"
-    if summary_file.is_file():
-        print(f"{label} {method}: trained earlier, reusing {run_dir}", flush=True)
-        record = json.loads(summary_file.read_text())
-    else:
-        print(f"{label} training {method} ({RECIPES[parse_method(method)[1]]}): {config.steps} steps x "
-              f"{config.global_batch_size} blocks of {config.block_size}", flush=True)
-        t0 = time.time()
-        result = train(train_config(config, method, stock, out))
-        record = dict(result.summary, seconds=time.time() - t0)
-        summary_file.write_text(json.dumps(record, indent=2) + "\n")
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # optimiser state: not needed here
     tokens_per_step = config.global_batch_size * config.block_size
-    curve = recovery_curve(run_dir, tokens_per_step)
-    return {"folder": record["final_model"], "trained_tokens": config.steps * tokens_per_step,
-            "train_minutes": record["seconds"] / 60, "tokens_per_second": record.get("tokens_per_second"),
+    curve, seconds, tokens, record = [], 0.0, 0, {}
+    for name, stage in training_stages(config, method):
+        run_dir = out / "models" / name
+        summary_file = run_dir / "train_summary.json"
+        if summary_file.is_file():
+            print(f"{label} {method}: {name} trained earlier, reusing {run_dir}", flush=True)
+            record = json.loads(summary_file.read_text())
+        else:
+            run_config = train_config(config, method, stock, out, stage)
+            what = "attention transfer" if stage == "transfer" else RECIPES[parse_method(method)[1]]
+            print(f"{label} training {method} [{name}] ({what}): {run_config.train.max_steps} steps x "
+                  f"{config.global_batch_size} blocks of {config.block_size}", flush=True)
+            t0 = time.time()
+            result = train(run_config)
+            record = dict(result.summary, seconds=time.time() - t0)
+            summary_file.write_text(json.dumps(record, indent=2) + "\n")
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # optimiser state: not needed here
+        stage_curve = recovery_curve(run_dir, tokens_per_step)
+        curve += [dict(row, tokens=row["tokens"] + tokens, stage=stage or "train") for row in stage_curve
+                  if not (curve and row["step"] == 0)]
+        tokens += record["steps"] * tokens_per_step
+        seconds += record["seconds"]
+    return {"folder": record["final_model"], "trained_tokens": tokens,
+            "train_minutes": seconds / 60, "tokens_per_second": record.get("tokens_per_second"),
             "trainable_parameters": record.get("trainable_parameters"), "recovery": curve,
             "final_perplexity": curve[-1]["perplexity"]}
 

@@ -24,7 +24,12 @@ RECIPES = {
     "distill": "all weights, KL to the stock model + (1 - distill_weight) x next-token loss",
     "lora": "LoRA (q, k, v, o) + trainable norms, next-token loss",
     "lora-distill": "LoRA (q, k, v, o) + trainable norms, distillation loss",
+    "transfer": "attention transfer: every attention layer matches the stock one (query/key projections)",
+    "transfer-distill": "attention transfer, then all weights distilled to the stock model's logits",
 }
+TRANSFER_RECIPES = ("transfer", "transfer-distill")
+"""Recipes whose first stage is attention transfer for ``transfer_steps`` (shared by both: the
+``transfer-distill`` run continues from the ``transfer`` run of the same position)."""
 
 
 def parse_method(method: str) -> tuple[str, str]:
@@ -58,6 +63,8 @@ class ConversionConfig:
     per_device_batch_size: int | None = None
     lr: float = 3e-4
     lora_lr: float = 2e-3  # LoRA recipes (adapters start at zero)
+    transfer_steps: int = 100  # attention transfer stage of the transfer recipes (same batch and blocks)
+    transfer_lr: float = 3e-3  # attention transfer trains only the query/key projections
     warmup_steps: int = 10
     weight_decay: float = 0.0
     seed: int = 0
@@ -94,7 +101,7 @@ class ConversionConfig:
             raise ValueError(f"extension_methods {missing} are not in methods; list only benchmarked methods.")
         if self.control not in self.methods or parse_method(self.control)[1] == "zero-shot":
             raise ValueError(f"control={self.control!r} must be one of the trained methods (default rope:plain).")
-        for name in ("block_size", "steps", "global_batch_size", "eval_every", "eval_blocks", "eval_documents",
+        for name in ("block_size", "steps", "transfer_steps", "global_batch_size", "eval_every", "eval_blocks", "eval_documents",
                      "heldout_documents", "passkey_samples", "extension_documents"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -153,7 +153,12 @@ def write_readme(summary: dict[str, Any], out: Path, command: str | None = None)
         f"Device: {summary['device']}. Recalibration at {s['block_size']} tokens: {s['steps']} steps x "
         f"{s['global_batch_size']} blocks = {s['steps'] * s['global_batch_size'] * s['block_size']:,} tokens per "
         f"trained method, lr {s['lr']:g} (LoRA {s['lora_lr']:g}), seed {s['seed']}, the same standard-library files "
-        f"for every method. Control: `{s['control']}` (held-out perplexity {control['final_perplexity']:.2f}).",
+        f"for every method"
+        + (f"; the transfer recipes first spend {s['transfer_steps']} steps ("
+           f"{s['transfer_steps'] * s['global_batch_size'] * s['block_size']:,} tokens, lr {s['transfer_lr']:g}) on "
+           "attention transfer (`transfer-distill` then distils for the steps above)"
+           if any(m.split(":")[1].startswith("transfer") for m in summary["methods"]) else "")
+        + f". Control: `{s['control']}` (held-out perplexity {control['final_perplexity']:.2f}).",
         "",
         f"Command: `{command or summary.get('command', 'wavepos bench conversion')}`",
         "",
