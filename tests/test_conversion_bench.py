@@ -82,13 +82,14 @@ def test_bench_conversion_end_to_end(tmp_path, fresh_accelerate, capsys):
     assert control["vs_control"] == 1.0 and control["tokens_to_1.1x"] is not None
     assert set(summary["extension"]["methods"]) == {"rope:plain", "long:plain"}
     assert summary["methods"]["long:plain"]["extension_perplexity"] > 1
+    assert 0 <= summary["methods"]["long:plain"]["extension_passkey"] <= 1  # passkey at the extension length
     assert "extension_perplexity" not in summary["methods"]["nope:distill"]
     assert summary["methods"]["alibi:lora-distill"]["trainable_parameters"] < summary["methods"]["long:plain"]["trainable_parameters"]
     for name in ("recovery.png", "recovery.csv", "perplexity.png", "perplexity.json", "passkey.json",
                  "passkey_by_length.png", "extension/perplexity.json", "run.json"):
         assert (out / name).is_file(), name
     readme = (out / "README.md").read_text()
-    assert "| `long:plain` |" in readme and "--config" in readme and "ppl 600" in readme
+    assert "| `long:plain` |" in readme and "--config" in readme and "ppl 600" in readme and "passkey 600" in readme
     assert not list((out / "models").glob("*/checkpoints"))  # optimiser states removed
 
     # The transfer stage trains only the query/key projections and is shared by both transfer recipes;

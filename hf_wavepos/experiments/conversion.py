@@ -247,6 +247,8 @@ def _scores(config: ConversionConfig, method: str, folder: str, out: Path, token
     if extended:
         settings["extension"] = {"length": config.extension_length, "documents": descriptions["extension"],
                                  "rope_factor": config.rope_factor}
+        if config.extension_passkey:
+            settings["extension_passkey"] = {**settings["passkey"], "lengths": [config.extension_length]}
     where = (out / "models" if parse_method(method)[1] != "zero-shot" else out / "zero-shot") / slug(method)
     cache = where / "scores.json"
     saved = json.loads(cache.read_text()) if cache.is_file() else {}
@@ -264,8 +266,8 @@ def _scores(config: ConversionConfig, method: str, folder: str, out: Path, token
         elif part == "extension":
             result = perplexity_report([(method, model, tokenizer)], texts["extension"],
                                        [config.extension_length])["results"][method]
-        else:
-            result = run_passkey(model, tokenizer, config.passkey_lengths, list(config.passkey_depths),
+        else:  # passkey, at the passkey lengths or (extension_passkey) at the extension length
+            result = run_passkey(model, tokenizer, settings[part]["lengths"], list(config.passkey_depths),
                                  num_samples=config.passkey_samples, haystack=config.passkey_haystack,
                                  seed=config.seed, label=method)
         scores[part] = {"settings": settings[part], "result": result, "seconds": time.time() - t0}

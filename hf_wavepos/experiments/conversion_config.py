@@ -77,6 +77,7 @@ class ConversionConfig:
     extension_length: int | None = None
     extension_documents: int = 4
     extension_methods: tuple[str, ...] | None = None  # None: every method; (): none
+    extension_passkey: bool = True  # passkey accuracy at extension_length too, for the extension methods
     passkey_multiples: tuple[float, ...] = (1, 4, 8)
     passkey_depths: tuple[float, ...] = (0.0, 0.5, 1.0)
     passkey_samples: int = 2

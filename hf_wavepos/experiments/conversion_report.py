@@ -18,6 +18,9 @@ def record_scores(row: dict[str, Any], score: dict[str, Any], texts: dict[str, l
     if "extension" in score:
         row["extension_perplexity"] = score["extension"]["result"][0]["perplexity"]
         row["extension_seconds_per_document"] = score["extension"]["seconds"] / len(texts["extension"])
+    if "extension_passkey" in score:
+        accuracy = score["extension_passkey"]["result"]["accuracy"]
+        row["extension_passkey"] = sum(r[0] for r in accuracy) / len(accuracy)
     passkey = score["passkey"]["result"]
     row["passkey"] = {str(n): sum(r[j] for r in passkey["accuracy"]) / len(passkey["depths"])
                       for j, n in enumerate(passkey["lengths"])}
@@ -127,7 +130,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
     ext = settings.get("extension_length")
     header = ["method", "trained tokens", "train min", "held-out ppl: start -> end", "vs control",
               "tokens to 1.25x", "tokens to 1.1x", *(f"ppl {n}" for n in lengths),
-              *((f"ppl {ext}",) if ext else ()), *(f"passkey {n}" for n in passkey)]
+              *((f"ppl {ext}",) if ext else ()), *(f"passkey {n}" for n in passkey),
+              *((f"passkey {ext}",) if ext and settings.get("extension_passkey") else ())]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, row in summary["methods"].items():
         curve = row.get("recovery") or []
@@ -139,6 +143,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
         if ext:
             cells.append(_fmt(row.get("extension_perplexity")))
         cells += [_fmt(row.get("passkey", {}).get(str(n)), 2) for n in passkey]
+        if ext and settings.get("extension_passkey"):
+            cells.append(_fmt(row.get("extension_passkey")))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
