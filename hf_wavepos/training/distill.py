@@ -108,12 +108,22 @@ def load_teacher(config: TrainConfig, device: torch.device) -> torch.nn.Module:
 
     Raises:
         ValueError: the default teacher would be a GPT-2 wavepos checkpoint (its learned ``wpe`` is not
-            saved with it): set ``distill.teacher`` to the stock checkpoint.
+            saved with it), or a checkpoint trained after its conversion (a training run's output: its
+            weights with RoPE put back are no longer the stock model): set ``distill.teacher`` to the
+            stock checkpoint.
     """
+    from pathlib import Path
+
     from transformers import AutoModelForCausalLM
 
     section = config.distill
     source = section.teacher or config.model.pretrained
+    if section.teacher is None and (Path(source).parent / "train_summary.json").is_file():
+        raise ValueError(
+            f"distill.teacher is null, so the teacher would be {source} with RoPE put back, but that checkpoint is "
+            "the output of a training run: its weights are no longer the stock model's. Set distill.teacher to the "
+            "stock checkpoint (e.g. `wavepos convert SRC stock --position rope`)."
+        )
     dtype = DTYPES.get(config.train.mixed_precision, getattr(torch, config.model.dtype))
     teacher = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=config.model.trust_remote_code)
     model_type = teacher.config.model_type

@@ -140,3 +140,10 @@ def test_transfer_in_the_loop_moves_the_converted_attention_towards_the_stock_on
     stock_params = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "stock").named_parameters())
     for name, param in frozen.items():
         torch.testing.assert_close(param, stock_params[name], rtol=0, atol=0, msg=name)
+    # Its q/k weights changed, so the checkpoint with RoPE put back is not the stock model: a second stage
+    # must name its teacher.
+    from hf_wavepos.training.distill import load_teacher
+
+    second = load_config(None, [f"model.pretrained={out / 'final'}", "distill.enabled=true", "train.max_steps=1"])
+    with pytest.raises(ValueError, match="output of a training run.*Set distill.teacher"):
+        load_teacher(second, torch.device("cpu"))
