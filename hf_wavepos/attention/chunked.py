@@ -31,7 +31,7 @@ import torch
 from hf_wavepos.attention.contract import AttentionCall, alibi_bias, attention_call, visible_keys
 from hf_wavepos.attention.decode import DECODE_MAX_QUERIES, decode_attention_call
 from hf_wavepos.attention.chunks import BandWorkspace, ChunkGeometry, QueryChunks, reversed_table
-from hf_wavepos.attention.workers import run_pieces
+from hf_wavepos.attention.workers import one_intra_op_thread, run_pieces
 
 DEFAULT_CHUNK_SIZE = None  # adaptive: see `auto_chunk_size`
 CHUNK_ELEMENTS = 1 << 21  # logits per chunk (all heads) the adaptive size aims for: 8 MiB in float32
@@ -114,10 +114,10 @@ class _Plan:
             self._spaces[key] = BandWorkspace(self.heads, geo.size, self.max_width, q.dtype, q.device)
         return geo, self._spaces[key]
 
-    def run(self, piece: Callable[[int, int], None]) -> None:
-        """``piece(index, worker)`` for every chunk, largest first, on torch's threads (`run_pieces`)."""
+    def run(self, piece: Callable[[int, int], None], threads: int) -> None:
+        """``piece(index, worker)`` for every chunk, largest first, on ``threads`` threads (`run_pieces`)."""
         order = reversed(range(len(self.q_parts)))
-        run_pieces([lambda worker, i=i: piece(i, worker) for i in order], torch.get_num_threads())
+        run_pieces([lambda worker, i=i: piece(i, worker) for i in order], threads)
 
 
 class _ChunkedWavePosAttention(torch.autograd.Function):
@@ -125,19 +125,8 @@ class _ChunkedWavePosAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, call: AttentionCall, chunk_size: int):
-        plan = _Plan(q, k, v, call, chunk_size)
-        B, H, _, D = q.shape
-        rows = (B * call.kv_heads, call.groups)
-        outs: list[torch.Tensor | None] = [None] * len(plan.q_parts)
-
-        def piece(index: int, worker: int) -> None:
-            geo, space = plan.chunk(index, worker)
-            probs = _chunk_probabilities(plan.q_parts[index], plan.keys, plan.table_rev, geo, space, call)
-            out_c = torch.bmm(probs.view(rows[0], rows[1] * geo.size, geo.keys), plan.values[:, : geo.keys])
-            outs[index] = out_c.view(B, H, geo.size, D)
-
-        plan.run(piece)
-        out = torch.cat(outs, dim=2)
+        with one_intra_op_thread() as threads:
+            out = _forward(q, k, v, call, chunk_size, threads)
         ctx.save_for_backward(q, k, v, out)
         ctx.call, ctx.chunk_size = call, chunk_size
         return out
@@ -145,26 +134,50 @@ class _ChunkedWavePosAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out = ctx.saved_tensors
-        plan = _Plan(q, k, v, ctx.call, ctx.chunk_size)
-        grad_out = grad_out.contiguous()
-        delta = (grad_out * out).sum(-1, keepdim=True)  # (B, H, Lq, 1): rowsum(dO * O)
-        do_parts, delta_parts = plan.chunks.split(grad_out), plan.chunks.split(delta)
-        dqs: list[torch.Tensor | None] = [None] * len(plan.q_parts)
-        # dk, dv accumulate transposed, (B * Hkv, D, Lk), one pair per thread: the GEMM
-        # q_c^T @ dS (D x K) runs faster on CPU than dS^T @ q_c (K x D).
-        sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        with one_intra_op_thread() as threads:
+            dq, dk, dv = _backward(q, k, v, out, grad_out, ctx.call, ctx.chunk_size, threads)
+        return dq, dk, dv, None, None
 
-        def piece(index: int, worker: int) -> None:
-            if worker not in sums:
-                dk_t = plan.keys.new_zeros(plan.keys.shape[0], plan.keys.shape[2], plan.keys.shape[1])
-                sums[worker] = (dk_t, torch.zeros_like(dk_t))
-            geo, space = plan.chunk(index, worker)
-            dqs[index] = _chunk_backward(plan, index, geo, space, do_parts[index], delta_parts[index], *sums[worker])
 
-        plan.run(piece)
-        dq = torch.cat(dqs, dim=2).mul_(ctx.call.scaling)
-        dk_t, dv_t = (torch.stack(parts).sum(0) if len(parts) > 1 else parts[0] for parts in zip(*sums.values()))
-        return dq, dk_t.transpose(1, 2).view(k.shape), dv_t.transpose(1, 2).view(v.shape), None, None
+def _forward(q, k, v, call: AttentionCall, chunk_size: int, threads: int) -> torch.Tensor:
+    """(B, H, Lq, D): the chunks on ``threads`` threads."""
+    plan = _Plan(q, k, v, call, chunk_size)
+    B, H, _, D = q.shape
+    rows = (B * call.kv_heads, call.groups)
+    outs: list[torch.Tensor | None] = [None] * len(plan.q_parts)
+
+    def piece(index: int, worker: int) -> None:
+        geo, space = plan.chunk(index, worker)
+        probs = _chunk_probabilities(plan.q_parts[index], plan.keys, plan.table_rev, geo, space, call)
+        out_c = torch.bmm(probs.view(rows[0], rows[1] * geo.size, geo.keys), plan.values[:, : geo.keys])
+        outs[index] = out_c.view(B, H, geo.size, D)
+
+    plan.run(piece, threads)
+    return torch.cat(outs, dim=2)
+
+
+def _backward(q, k, v, out, grad_out, call: AttentionCall, chunk_size: int, threads: int):
+    """(dq, dk, dv): the chunks recomputed on ``threads`` threads."""
+    plan = _Plan(q, k, v, call, chunk_size)
+    grad_out = grad_out.contiguous()
+    delta = (grad_out * out).sum(-1, keepdim=True)  # (B, H, Lq, 1): rowsum(dO * O)
+    do_parts, delta_parts = plan.chunks.split(grad_out), plan.chunks.split(delta)
+    dqs: list[torch.Tensor | None] = [None] * len(plan.q_parts)
+    # dk, dv accumulate transposed, (B * Hkv, D, Lk), one pair per thread: the GEMM
+    # q_c^T @ dS (D x K) runs faster on CPU than dS^T @ q_c (K x D).
+    sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def piece(index: int, worker: int) -> None:
+        if worker not in sums:
+            dk_t = plan.keys.new_zeros(plan.keys.shape[0], plan.keys.shape[2], plan.keys.shape[1])
+            sums[worker] = (dk_t, torch.zeros_like(dk_t))
+        geo, space = plan.chunk(index, worker)
+        dqs[index] = _chunk_backward(plan, index, geo, space, do_parts[index], delta_parts[index], *sums[worker])
+
+    plan.run(piece, threads)
+    dq = torch.cat(dqs, dim=2).mul_(call.scaling)
+    dk_t, dv_t = (torch.stack(parts).sum(0) if len(parts) > 1 else parts[0] for parts in zip(*sums.values()))
+    return dq, dk_t.transpose(1, 2).view(k.shape), dv_t.transpose(1, 2).view(v.shape)
 
 
 def _chunk_backward(plan: _Plan, index: int, geo: ChunkGeometry, space: BandWorkspace, do_c, delta_c, dk_t, dv_t):

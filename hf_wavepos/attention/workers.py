@@ -12,10 +12,28 @@ fewer chunks. The GIL is released inside every operation.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
+
+
+@contextlib.contextmanager
+def one_intra_op_thread() -> Iterator[int]:
+    """Run the block with one intra-op thread on this thread; yield the thread count it had.
+
+    Work around `run_pieces` (splitting, concatenating) then opens no OpenMP region either, after
+    which idle OpenMP threads would spin on the cores the pieces need.
+    """
+    previous = torch.get_num_threads()
+    if previous > 1:
+        torch.set_num_threads(1)
+    try:
+        yield previous
+    finally:
+        if previous > 1:
+            torch.set_num_threads(previous)
 
 
 def run_pieces(pieces: Sequence[Callable[[int], None]], threads: int) -> None:
