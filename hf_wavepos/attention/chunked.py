@@ -6,19 +6,21 @@ Algorithm, for one chunk of c queries at positions m0 .. m1 = m0 + c - 1 (keys 0
    the rows: (B * Hkv, G * c, D) x (B * Hkv, D, K). The keys are read in place (no copy, no
    broadcast over the group).
 2. Positional logits: one GEMM for all heads, (B * H * c, D) x (D, W), against the W table rows
-   of the chunk's band (the 1e-6 rule of docs/METHOD.md skips the distances past it), then added
-   to the content logits of the band through a strided skew view (`hf_wavepos.attention.skew`).
-3. Causal mask on the diagonal block (or the general visibility rule when masks are given),
-   softmax, and the output P @ V as one batched GEMM per key/value head.
+   of the chunk's band (the 1e-6 rule of docs/METHOD.md skips the distances past it), added to
+   the content logits of the band through a strided skew view whose extra columns hold -inf, so
+   the same add applies the causal mask (`hf_wavepos.attention.chunks`).
+3. Softmax, and the output P @ V as one batched GEMM per key/value head.
 4. Backward recomputes the logits chunk by chunk (as FlashAttention does), forms
    dS = P * (dP - rowsum(dO * O)), gets dq from dS @ K plus the skewed dS times the table (one
-   GEMM), and accumulates dk, dv in place. The table is fixed: no gradient.
+   GEMM), and accumulates dk, dv (transposed: q^T dS is the faster GEMM shape). The table is
+   fixed: no gradient.
 
-Each chunk costs a dozen large operations, so chunks are large (`auto_chunk_size`): on a CPU
-shared with other work, every operation waits for all its threads, and many small operations
-collapse under contention. Queries are stored chunk-major, so every operand is contiguous.
-Peak memory is O(chunk x Lk) for the forward and the backward (nothing L x L is saved for
-autograd). Few queries over a long KV cache (decoding) take `hf_wavepos.attention.decode`.
+The chunks of a call run on torch's threads as independent pieces, each thread with one
+intra-op thread (`hf_wavepos.attention.workers`): a call is ~20 operations per chunk, and as
+OpenMP regions each of them would end in a barrier that other processes on the CPU stall.
+Queries are stored chunk-major, so every operand is contiguous. Peak memory is O(chunk x Lk)
+per thread for the forward and the backward (nothing L x L is saved for autograd). Few queries
+over a long KV cache (decoding) take `hf_wavepos.attention.decode`.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from hf_wavepos.attention.chunks import BandWorkspace, ChunkGeometry, QueryChunk
 from hf_wavepos.attention.workers import one_intra_op_thread, run_pieces
 
 DEFAULT_CHUNK_SIZE = None  # adaptive: see `auto_chunk_size`
-CHUNK_ELEMENTS = 1 << 21  # logits per chunk (all heads) the adaptive size aims for: 8 MiB in float32
+CHUNK_ELEMENTS = 1 << 20  # logits per chunk (all heads) the adaptive size aims for: 4 MiB in float32
 MIN_CHUNK, MAX_CHUNK = 64, 1024
 PIECES = 8  # at least this many chunks where MIN_CHUNK allows, so that threads share the work evenly
 BAND_CUTOFF = 1e-6  # the 1e-6 rule of METHOD.md (hf_wavepos.basis.CUTOFF; attention does not import basis)
@@ -45,9 +47,10 @@ def auto_chunk_size(batch: int, heads: int, q_len: int, k_len: int) -> int:
     logits (all heads) near `CHUNK_ELEMENTS` and makes at least `PIECES` chunks, never more
     than the queries.
 
-    Measured on CPU (2 threads, B=1, H=8, L=2048, D=64, forward + backward, bench/attention_cpu.py):
-    chunks of 64-128 queries ran fastest, 256 about 10% and 1024 about 2x slower (the diagonal
-    block computes c^2 / 2 masked logits, and larger chunks leave the caches). Peak memory is
+    Measured on CPU (AMD EPYC, 2 threads, B=1, H=8, L=2048, D=64, float32, forward + backward,
+    quiet machine, ratio to SDPA): 32 -> 1.85x, 64 -> 1.54x, 96 -> 1.55x, 128 -> 1.61x,
+    192 -> 1.73x (`oka2025`; `long` alike): the diagonal block computes c^2 / 2 masked logits and
+    larger chunks leave the caches, smaller ones make GEMMs inefficient. Peak memory is
     O(chunk x Lk) per thread, independent of Lq.
     """
     per_query = max(1, batch * heads * k_len)

@@ -24,81 +24,23 @@ Source: docs/METHOD.md, Sec. 1 (Eq. 10); the contract of `hf_wavepos.attention.c
 
 from __future__ import annotations
 
-import dataclasses
 import weakref
-from typing import Callable
 
 import torch
 
 from hf_wavepos.attention.contract import AttentionCall, alibi_bias, visible_keys
-from hf_wavepos.attention.workers import run_pieces
 
 DECODE_MAX_QUERIES = 16  # calls with at most this many queries take this path (chunked_backend)
-SPLIT_ELEMENTS = 1 << 20  # key elements (B * Hkv * Lk * D) from which heads are split over threads
 _REVERSED_TABLES: dict[tuple[int, torch.dtype], tuple[weakref.ref, int, torch.Tensor]] = {}
 
 
 def decode_attention_call(call: AttentionCall) -> torch.Tensor:
     """Wavelet attention (Eq. 10) of one validated call with few queries: (B, H, Lq, D) in q's dtype.
 
-    Without autograd, a large call is split into parts (batch rows, or groups of key/value heads)
-    computed on torch's threads, one intra-op thread each (`hf_wavepos.attention.workers`): four
-    operations per part instead of four barriers of all threads, which other processes on the
-    CPU would stall.
-
     Args:
         call: the validated call (any Lq works; memory is O(B * H * Lq * Lk)). Rows that see no
             key are zero, with zero gradient.
     """
-    parts = _split(call)
-    if len(parts) == 1:
-        return _decode(call)
-    outs: list[torch.Tensor | None] = [None] * len(parts)
-
-    def piece(index: int) -> Callable[[int], None]:
-        return lambda worker: outs.__setitem__(index, _decode(parts[index]))
-
-    run_pieces([piece(i) for i in range(len(parts))], len(parts))
-    return torch.cat(outs, dim=0 if call.batch > 1 else 1)
-
-
-def _split(call: AttentionCall) -> list[AttentionCall]:
-    """The call as one part per thread: batch rows (B > 1) or groups of key/value heads (B = 1),
-    slices whose keys need no copy; the call itself when it is being compiled, needs autograd,
-    is small or cannot be split."""
-    if torch.compiler.is_compiling():
-        return [call]
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (call.q, call.k, call.v))
-    small = call.batch * call.kv_heads * call.k_len * call.head_dim < SPLIT_ELEMENTS
-    size = call.batch if call.batch > 1 else call.kv_heads
-    threads = min(torch.get_num_threads(), size)
-    if threads < 2 or needs_grad or small:
-        return [call]
-    bounds = [round(i * size / threads) for i in range(threads + 1)]
-    return [_batch_rows(call, lo, hi) if call.batch > 1 else _kv_heads(call, lo, hi) for lo, hi in zip(bounds, bounds[1:])]
-
-
-def _batch_rows(call: AttentionCall, lo: int, hi: int) -> AttentionCall:
-    def rows(t):
-        return None if t is None else t[lo:hi] if t.shape[0] > 1 else t
-
-    return dataclasses.replace(
-        call, q=call.q[lo:hi], k=call.k[lo:hi], v=call.v[lo:hi], key_padding_mask=rows(call.key_padding_mask),
-        document_ids=rows(call.document_ids), attn_mask=rows(call.attn_mask), batch=hi - lo,
-    )
-
-
-def _kv_heads(call: AttentionCall, lo: int, hi: int) -> AttentionCall:
-    G = call.groups
-    slopes = None if call.alibi_slopes is None else call.alibi_slopes[lo * G : hi * G]
-    return dataclasses.replace(
-        call, q=call.q[:, lo * G : hi * G], k=call.k[:, lo:hi], v=call.v[:, lo:hi], alibi_slopes=slopes,
-        heads=(hi - lo) * G, kv_heads=hi - lo,
-    )
-
-
-def _decode(call: AttentionCall) -> torch.Tensor:
-    """`decode_attention_call` of one call (or one part of it) on the calling thread."""
     B, H, Lq, D = call.q.shape
     exact_step = Lq == 1 and isinstance(call.q_offset, int) and call.q_offset + 1 == call.k_len
     if exact_step and call.q.dtype in (torch.float32, torch.float64):

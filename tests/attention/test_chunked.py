@@ -224,7 +224,8 @@ def test_dispatcher_default_override_and_errors():
 def test_auto_chunk_size_bounds_memory():
     from hf_wavepos.attention.chunked import CHUNK_ELEMENTS, MIN_CHUNK, PIECES, auto_chunk_size
 
-    assert auto_chunk_size(1, 8, 2048, 2048) == 128
+    assert auto_chunk_size(1, 8, 2048, 2048) == 64
+    assert auto_chunk_size(1, 2, 2048, 2048) == 256  # few heads: larger chunks, still 8 of them
     assert auto_chunk_size(1, 4, 512, 512) == 64  # at least PIECES chunks where possible
     assert auto_chunk_size(1, 1, 100, 100) == 64
     assert auto_chunk_size(1, 1, 40, 40) == 40  # never more than the queries

@@ -123,25 +123,3 @@ def test_chunked_backend_routes_few_queries_to_decode():
     chunked = chunked_attention(q, k, v, table, q_offset=100 - DECODE_MAX_QUERIES, chunk_size=8)  # explicit: chunks
     torch.testing.assert_close(chunked, decode_attention_call(call), rtol=1e-5, atol=1e-5)
 
-
-@pytest.mark.parametrize("B, case", [(1, "alibi"), (1, "padding"), (3, "padding"), (3, "dense"), (2, "documents")])
-def test_decode_split_over_threads_matches_reference(monkeypatch, B, case):
-    """Without autograd, large calls run as parts on threads: heads (B = 1) or batch rows."""
-    import hf_wavepos.attention.decode as decode_module
-
-    monkeypatch.setattr(decode_module, "SPLIT_ELEMENTS", 0)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        q, k, v = (t.detach() for t in make_inputs(B, 6, 3, 1, 50, 8, seed=B))
-        table = wavelet_table(SMALL_SCALES, 8, 50, dtype=torch.float64)
-        kwargs = masks(B, 1, 50).get(case, {})
-        if case == "alibi":
-            kwargs = {"alibi_slopes": torch.linspace(0.5, 0.01, 6, dtype=torch.float64)}
-        call = attention_call(q, k, v, table, q_offset=49, **kwargs)
-        assert len(decode_module._split(call)) == 2
-        with torch.no_grad():
-            got = decode_attention_call(call)
-        torch.testing.assert_close(got, reference_attention(q, k, v, table, q_offset=49, **kwargs), rtol=0, atol=1e-12)
-    finally:
-        torch.set_num_threads(previous)

@@ -68,3 +68,26 @@ def test_chunked_same_result_on_one_and_two_threads(dtype, tol):
         torch.set_num_threads(previous)
     for one, two in zip(*results):
         torch.testing.assert_close(one, two, rtol=0, atol=tol)
+
+
+def _pieces_in_child(queue):
+    results = []
+    run_pieces([lambda w, i=i: results.append(i) for i in range(4)], 2)
+    queue.put(sorted(results))
+
+
+def test_kept_threads_leave_the_default_count_and_survive_fork(two_threads):
+    import multiprocessing
+
+    run_pieces([lambda w: None] * 4, 2)  # starts the kept helper thread
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert seen == [2]  # a thread started later still gets the caller's count
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_pieces_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0 and queue.get(timeout=5) == [0, 1, 2, 3]  # the child starts its own helpers
