@@ -125,3 +125,22 @@ def test_chunked_backend_routes_few_queries_to_decode():
     chunked = chunked_attention(q, k, v, table, q_offset=100 - DECODE_MAX_QUERIES, chunk_size=8)  # explicit: chunks
     torch.testing.assert_close(chunked, decode_attention_call(call), rtol=1e-5, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("Lq", [1, 5])
+def test_decode_non_contiguous_projections_match_the_reference_and_the_cache(Lq):
+    """q, k, v as transposed views of the projections (what a model passes without a cache): the
+    float64 reference's values and gradients, and bitwise the result of the same keys as a
+    contiguous cache (a model's logits do not depend on whether a cache was used)."""
+    B, H, Hkv, Lk, D = 2, 6, 2, 77, 16
+    gen = torch.Generator().manual_seed(11)
+    q = torch.randn(B, Lq, H, D, generator=gen, dtype=torch.float64).transpose(1, 2)
+    k, v = (torch.randn(B, Lk, Hkv, D, generator=gen, dtype=torch.float64).transpose(1, 2) for _ in range(2))
+    table = wavelet_table(PAPER, D, Lk, dtype=torch.float64)
+    assert_exact(q, k, v, table, q_offset=Lk - Lq)
+    for dtype in (torch.float32, torch.float64):
+        views = [t.to(dtype) for t in (q, k, v)]
+        assert not views[1].is_contiguous()
+        cached = [views[0], views[1].contiguous(), views[2].contiguous()]
+        got, want = (decode(*x, table.to(dtype), q_offset=Lk - Lq) for x in (views, cached))
+        assert torch.equal(got, want)

@@ -5,7 +5,7 @@ import threading
 import pytest
 import torch
 
-from attention_cases import PAPER, make_inputs
+from attention_cases import EXACT, PAPER, SMALL_SCALES, errors_vs_truth, make_inputs
 from hf_wavepos import wavelet_table
 from hf_wavepos.attention import chunked_attention
 from hf_wavepos.attention.workers import run_pieces
@@ -91,3 +91,34 @@ def test_kept_threads_leave_the_default_count_and_survive_fork(two_threads):
     child.start()
     child.join(timeout=60)
     assert child.exitcode == 0 and queue.get(timeout=5) == [0, 1, 2, 3]  # the child starts its own helpers
+
+
+def _transposed_inputs(B, H, Hkv, Lq, Lk, D, seed):
+    """q, k, v as the projections give them: (B, L, heads, D) transposed to (B, heads, L, D) views."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, Lq, H, D, generator=gen, dtype=torch.float64).transpose(1, 2)
+    k, v = (torch.randn(B, Lk, Hkv, D, generator=gen, dtype=torch.float64).transpose(1, 2) for _ in range(2))
+    assert not q.is_contiguous() and not k.is_contiguous()
+    return q, k, v
+
+
+@pytest.mark.parametrize("case", ["static_cache_padding", "documents_alibi"])
+def test_chunks_on_two_threads_match_the_float64_reference(two_threads, case):
+    """Odd shapes, grouped heads, non-contiguous inputs, masks, chunks of several sizes on two
+    threads: output and gradients within EXACT of the reference."""
+    B, H, Hkv, D = 2, 6, 3, 16
+    if case == "static_cache_padding":  # queries 40 .. 190 of 203 cached keys, left padding
+        Lq, Lk, offset = 151, 203, 40
+        pad = torch.ones(B, Lk, dtype=torch.bool)
+        pad[0, :25] = False
+        kwargs = {"key_padding_mask": pad}
+    else:
+        Lq, Lk, offset = 197, 197, 0
+        docs = torch.zeros(B, Lk, dtype=torch.long)
+        docs[1, 77:] = 1
+        kwargs = {"document_ids": docs, "alibi_slopes": torch.tensor([2.0**-k for k in range(1, H + 1)], dtype=torch.float64)}
+    q, k, v = _transposed_inputs(B, H, Hkv, Lq, Lk, D, seed=Lk)
+    table = wavelet_table(SMALL_SCALES, D, Lk, dtype=torch.float64)  # band skipping at this length
+    fn = lambda q, k, v, table, **kw: chunked_attention(q, k, v, table, chunk_size=37, **kw)  # noqa: E731
+    errors = errors_vs_truth(fn, q, k, v, table, torch.float64, device="cpu", q_offset=offset, **kwargs)
+    assert max(errors) <= EXACT, errors
