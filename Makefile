@@ -28,7 +28,8 @@ demo: $(VENV)/.installed-demo
 	$(VENV)/bin/wavepos demo
 
 bench-cpu: $(VENV)/.installed-dev
-	$(PY) bench/attention_cpu.py
+	$(PY) bench/attention_cpu.py --under-load
+	$(PY) bench/model_cpu.py --quick
 
 bench-gpu: $(VENV)/.installed-dev
 	$(PY) bench/attention_gpu.py

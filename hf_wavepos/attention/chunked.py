@@ -1,130 +1,116 @@
 """Query-chunked wavelet attention with a recomputing backward: the CPU default.
 
-Algorithm (one chunk of c queries at positions m0 .. m1 = m0 + c - 1):
+Algorithm, for one chunk of c queries at positions m0 .. m1 = m0 + c - 1 (keys 0 .. m1):
 
-1. Causal skipping: only keys n < K = min(Lk, m1 + 1) can be visible.
-2. Band skipping (the 1e-6 rule of METHOD.md): let R be one more than the largest distance whose
-   table row has an entry >= 1e-6 (`hf_wavepos.basis.table_support`; in float64: any non-zero
-   entry, so float64 stays exact). Keys n < kb = max(0, m0 - R + 1) are at distance >= R from
-   every query of the chunk, so their positional term is skipped; distances 0 .. m1 - kb remain.
-   For the paper's small scales R is ~ 6 x the largest scale, for large scales kb is 0.
-3. One matmul gives both terms. With P_rev[u] = p[m1 - kb - u] (u = 0 .. m1 - kb), a zero row,
-   then the keys, the chunk computes
+1. Content logits: one batched GEMM per key/value head, the G query heads of a group folded into
+   the rows: (B * Hkv, G * c, D) x (B * Hkv, D, K). The keys are read in place (no copy, no
+   broadcast over the group).
+2. Positional logits: one GEMM for all heads, (B * H * c, D) x (D, W), against the W table rows
+   of the chunk's band (the 1e-6 rule of docs/METHOD.md skips the distances past it), added to
+   the content logits of the band through a strided skew view whose extra columns hold -inf, so
+   the same add applies the causal mask (`hf_wavepos.attention.chunks`).
+3. Softmax, and the output P @ V as one batched GEMM per key/value head.
+4. Backward recomputes the logits chunk by chunk (as FlashAttention does), forms
+   dS = P * (dP - rowsum(dO * O)), gets dq from dS @ K plus the skewed dS times the table (one
+   GEMM), and accumulates dk, dv (transposed: q^T dS is the faster GEMM shape). The table is
+   fixed: no gradient.
 
-       S = (scaling * q_chunk) @ [P_rev ; 0 ; K[:K]]^T           (c, W + K),  W = m1 - kb + 2
-
-   so S[i, u] = q_i . p[m1 - kb - u] for u < W and S[i, W + n] = q_i . k_n.
-4. Skew without a gather: q_i . p[m_i - n] for key n = kb + j sits at S[i, (c - 1 - i) + j], at
-   flat offset (c - 1) + i * (W + K - 1) + j of the row-major chunk. That is a strided *view*
-   (row stride W + K - 1, one element per (i, j), no two sharing memory) whose entries for
-   visible keys all fall inside the positional block; future keys read other values, which the
-   causal mask discards. It is added to the content logits of keys kb .. K - 1.
-5. Softmax (recomputed in the backward: cheaper here than storing a log-sum-exp and
-   re-exponentiating); the output is P @ V. Only O(c x (W + K)) is live.
-6. Backward recomputes S and P chunk by chunk (as FlashAttention does), forms
-   dS = P * (dP - rowsum(dO * O)), writes dS into a zero buffer through the same strided view
-   (positional block) and as a plain block (content block), and gets dq for both terms with one
-   matmul against [P_rev ; 0 ; K]. dk and dv accumulate over chunks. p is fixed: no gradient.
-
-Peak memory is O(chunk x Lk) for the forward *and* the backward (nothing L x L is saved for
-autograd) and no L x L x D tensor is ever built. Grouped-query attention is handled by viewing
-the H query heads as (Hkv, G) and broadcasting keys across G.
+The chunks of a call run on torch's threads as independent pieces, each thread with one
+intra-op thread (`hf_wavepos.attention.workers`): a call is ~20 operations per chunk, and as
+OpenMP regions each of them would end in a barrier that other processes on the CPU stall.
+Queries are stored chunk-major, so every operand is contiguous. Peak memory is O(chunk x Lk)
+per thread for the forward and the backward (nothing L x L is saved for autograd). Few queries
+over a long KV cache (decoding) take `hf_wavepos.attention.decode`; what ``torch.compile`` traces
+for decoding takes `static_shape_attention` (shapes only: no band, no threads, no host reads).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from hf_wavepos.attention.contract import AttentionCall, alibi_bias, attention_call, visible_keys
+from hf_wavepos.attention.decode import DECODE_MAX_QUERIES, decode_attention_call
+from hf_wavepos.attention.chunks import BandWorkspace, ChunkGeometry, QueryChunks, reversed_table
+from hf_wavepos.attention.workers import one_intra_op_thread, run_pieces
 from hf_wavepos.basis import skip_cutoff, table_support
 
 DEFAULT_CHUNK_SIZE = None  # adaptive: see `auto_chunk_size`
-CHUNK_ELEMENTS = 1 << 19  # logits per chunk (all heads) the adaptive size aims for: 2 MiB in float32
-
-
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+CHUNK_ELEMENTS = 1 << 20  # logits per chunk (all heads) the adaptive size aims for: 4 MiB in float32
+MIN_CHUNK, MAX_CHUNK = 64, 1024
+PIECES = 8  # at least this many chunks where MIN_CHUNK allows, so that threads share the work evenly
 
 
 def auto_chunk_size(batch: int, heads: int, q_len: int, k_len: int) -> int:
-    """Queries per chunk: as many as keep one chunk's logits near `CHUNK_ELEMENTS`, in [64, 1024].
+    """Queries per chunk: a multiple of 64 in [`MIN_CHUNK`, `MAX_CHUNK`] that keeps one chunk's
+    logits (all heads) near `CHUNK_ELEMENTS` and makes at least `PIECES` chunks, never more
+    than the queries.
 
-    Chunks whose logits stay cache-sized were fastest on CPU (2 threads, fwd only, `long` preset:
-    H=4 D=16 L=4096: 64 -> 179 ms vs 256 -> 295 ms; H=4 D=16 L=512: 128 -> 5 ms vs 32 -> 8 ms);
-    the bound keeps peak memory O(chunk x Lk), independent of Lq.
+    Measured on CPU (AMD EPYC, 2 threads, B=1, H=8, L=2048, D=64, float32, forward + backward,
+    quiet machine, ratio to SDPA): 32 -> 1.85x, 64 -> 1.54x, 96 -> 1.55x, 128 -> 1.61x,
+    192 -> 1.73x (`oka2025`; `long` alike): the diagonal block computes c^2 / 2 masked logits and
+    larger chunks leave the caches, smaller ones make GEMMs inefficient. Peak memory is
+    O(chunk x Lk) per thread, independent of Lq.
     """
-    per_query = max(1, batch * heads * 2 * k_len)  # positional block + keys
-    size = max(64, min(1024, CHUNK_ELEMENTS // per_query))
-    return min(q_len, size - size % 64 if size >= 64 else size)
+    per_query = max(1, batch * heads * k_len)
+    size = min(CHUNK_ELEMENTS // per_query, -(-q_len // PIECES))
+    size = max(MIN_CHUNK, min(MAX_CHUNK, size))
+    return min(q_len, size - size % 64)
 
 
-def _keys_with_table(k: torch.Tensor, table: torch.Tensor, rows: int) -> torch.Tensor:
-    """[P_rev ; 0 ; K] of shape (B, Hkv, rows + 1 + Lk, D), P_rev[s] = p[rows - 1 - s]."""
-    B, Hkv, _, D = k.shape
-    p_rev = table[:rows].flip(0).to(k.dtype)
-    zero = k.new_zeros(1, D)
-    head = torch.cat([p_rev, zero], dim=0).expand(B, Hkv, rows + 1, D)
-    return torch.cat([head, k], dim=2)
-
-
-class _Chunk:
-    """Index bookkeeping of one query chunk (see the module docstring)."""
-
-    def __init__(self, start: int, stop: int, call: AttentionCall, support: int):
-        self.start, self.stop = start, stop
-        self.size = stop - start
-        first, last = call.q_offset + start, call.q_offset + stop - 1  # m0, m1
-        self.keys = min(call.k_len, last + 1)  # K
-        self.band_start = min(max(0, first - support + 1), self.keys)  # kb
-        self.width = last - self.band_start + 2  # W: distances 0..m1-kb plus the zero column
-        rows = call.rows
-        first_row = rows - (last - self.band_start + 1)  # P_rev row of distance m1 - kb
-        self.kp_rows = slice(first_row, rows + 1 + self.keys)
-        self.positions = torch.arange(first, last + 1)
-
-    def skew_view(self, s: torch.Tensor) -> torch.Tensor:
-        """View of S (..., c, W + K), contiguous, with [..., i, j] = S[..., i, c - 1 - i + j].
-
-        j runs over the keys kb .. K - 1 of the band.
-        """
-        n_cols = self.width + self.keys
-        size = (*s.shape[:-1], self.keys - self.band_start)
-        stride = (*s.stride()[:-2], n_cols - 1, 1)
-        return s.as_strided(size, stride, s.storage_offset() + self.size - 1)
-
-
-def _chunk_logits(qs5, kp, chunk: _Chunk, call: AttentionCall, cdt):
-    """Masked logits (B, Hkv, G, c, K) in the compute dtype, the scaled queries and keys used."""
-    q_c = qs5[:, :, :, chunk.start : chunk.stop]  # (B, Hkv, G, c, D), already scaled
-    kp_c = kp[:, :, None, chunk.kp_rows]  # (B, Hkv, 1, W + K, D)
-    s = torch.matmul(q_c, kp_c.transpose(-1, -2)).contiguous()  # (B, Hkv, G, c, W + K)
-    logits = s[..., chunk.width :].to(cdt, copy=True)  # content: q_i . k_n
-    logits[..., chunk.band_start :] += chunk.skew_view(s)  # + q_i . p[m_i - n]
-    positions = chunk.positions.to(qs5.device)
+def _chunk_probabilities(q_c, keys, table_rev, geo: ChunkGeometry, space: BandWorkspace, call: AttentionCall):
+    """Attention probabilities (B * H, c, K) of one chunk; q_c (B, H, c, D) is already scaled."""
+    B, H, c, D = q_c.shape
+    Hkv, G, K, kb, W = call.kv_heads, call.groups, geo.keys, geo.band_start, geo.width
+    logits = torch.bmm(q_c.view(B * Hkv, G * c, D), keys[:, :K].transpose(1, 2)).view(B * H, c, K)
+    if W:
+        qp = space.logits()
+        torch.mm(q_c.view(B * H * c, D), table_rev[-W:].T, out=space.band_columns(qp, geo))
+        logits[:, :, kb:] += space.skew_view(qp, geo)  # + q_i . p[m_i - n] on the band, -inf for future keys
     if call.alibi_slopes is not None:
-        bias = alibi_bias(positions, chunk.keys, call.alibi_slopes.to(cdt))  # (H, c, K)
-        logits += bias.view(call.kv_heads, call.groups, chunk.size, chunk.keys)
-    if not call.rows_may_be_empty:
-        # Only the diagonal block has future keys.
-        first = call.q_offset + chunk.start
-        if first < chunk.keys:
-            n = torch.arange(first, chunk.keys, device=qs5.device)
-            future = n[None, :] > positions[:, None]  # (c, K - m0)
-            logits[..., first:].masked_fill_(future, float("-inf"))
-    else:
-        rows = None if call.attn_mask is None else call.attn_mask[:, :, chunk.start : chunk.stop]
-        visible = visible_keys(positions, chunk.keys, call.key_padding_mask, call.document_ids, rows)
-        logits.masked_fill_(~visible[:, :, None], float("-inf"))  # (B|1, 1, 1, c, K)
-    return logits, q_c, kp_c
+        bias = alibi_bias(geo.positions(q_c.device), K, call.alibi_slopes.to(q_c.dtype))  # (H, c, K)
+        logits.view(B, H, c, K).add_(bias)
+    if call.rows_may_be_empty:
+        rows = None if call.attn_mask is None else call.attn_mask[:, :, geo.start : geo.stop]
+        visible = visible_keys(geo.positions(q_c.device), K, call.key_padding_mask, call.document_ids, rows)
+        logits.view(B, H, c, K).masked_fill_(~visible, float("-inf"))  # (B|1, 1, c, K)
+        return torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # rows that see no key: zeros
+    if not W:  # no band to carry the causal mask: mask the future keys (among the last c) here
+        future = torch.ones(c, c, dtype=torch.bool, device=q_c.device).triu_(1)
+        logits[:, :, K - c :].masked_fill_(future, float("-inf"))
+    return torch.softmax(logits, dim=-1)
 
 
-def _probabilities(logits: torch.Tensor, masked_rows_possible: bool) -> torch.Tensor:
-    """Row softmax; rows with no visible key (only possible with masks) become zeros."""
-    probs = torch.softmax(logits, dim=-1)
-    return probs.nan_to_num_(0.0) if masked_rows_possible else probs
+class _Plan:
+    """What every chunk of one call shares: the chunks, scaled queries per chunk, keys and values
+    as (B * Hkv, Lk, D), the reversed table of the widest band, one workspace per thread."""
+
+    def __init__(self, q, k, v, call: AttentionCall, chunk_size: int):
+        self.support = table_support(call.table[: call.rows], skip_cutoff(q.dtype))
+        self.chunks = QueryChunks(call.q_len, chunk_size)
+        self.max_width = min(call.rows, self.support + chunk_size - 1) if self.support else 0
+        self.table_rev = reversed_table(call.table, self.max_width, q.dtype)
+        self.q_parts = self.chunks.split(q * call.scaling)
+        B, Hkv, Lk, D = k.shape
+        self.keys, self.values = k.view(B * Hkv, Lk, D), v.view(B * Hkv, Lk, D)
+        self.call, self.heads = call, call.batch * call.heads
+        self._spaces: dict[tuple[int, int], BandWorkspace] = {}
+
+    def chunk(self, index: int, worker: int) -> tuple[ChunkGeometry, BandWorkspace]:
+        """The geometry of chunk ``index`` and the workspace of thread ``worker`` for its size."""
+        geo = ChunkGeometry(*self.chunks.bounds[index], self.call, self.support)
+        key = (worker, geo.size)
+        if key not in self._spaces:
+            q = self.q_parts[0]
+            self._spaces[key] = BandWorkspace(self.heads, geo.size, self.max_width, q.dtype, q.device)
+        return geo, self._spaces[key]
+
+    def run(self, piece: Callable[[int, int], None], threads: int) -> None:
+        """``piece(index, worker)`` for every chunk, largest first, on ``threads`` threads (`run_pieces`)."""
+        order = reversed(range(len(self.q_parts)))
+        run_pieces([lambda worker, i=i: piece(i, worker) for i in order], threads)
 
 
 class _ChunkedWavePosAttention(torch.autograd.Function):
@@ -132,62 +118,88 @@ class _ChunkedWavePosAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, call: AttentionCall, chunk_size: int):
-        B, H, Lq, D = q.shape
-        G, cdt = call.groups, _compute_dtype(q.dtype)
-        support = table_support(call.table[: call.rows], skip_cutoff(cdt))
-        qs5 = (q * call.scaling).view(B, call.kv_heads, G, Lq, D)
-        kp = _keys_with_table(k, call.table, call.rows)
-        out = q.new_empty(B, call.kv_heads, G, Lq, D)
-        for start in range(0, Lq, chunk_size):
-            chunk = _Chunk(start, min(start + chunk_size, Lq), call, support)
-            logits, _, _ = _chunk_logits(qs5, kp, chunk, call, cdt)
-            probs = _probabilities(logits, call.rows_may_be_empty)  # (B, Hkv, G, c, K)
-            v_c = v[:, :, None, : chunk.keys]  # (B, Hkv, 1, K, D)
-            out[:, :, :, chunk.start : chunk.stop] = torch.matmul(probs.to(v.dtype), v_c)
-        ctx.save_for_backward(q, k, v, call.table, out)
-        ctx.call, ctx.chunk_size, ctx.support = call, chunk_size, support
-        return out.view(B, H, Lq, D)
+        with one_intra_op_thread() as threads:
+            out = _forward(q, k, v, call, chunk_size, threads)
+        ctx.save_for_backward(q, k, v, out)
+        ctx.call, ctx.chunk_size = call, chunk_size
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, table, out = ctx.saved_tensors
-        call, chunk_size = ctx.call, ctx.chunk_size
-        B, H, Lq, D = q.shape
-        Hkv, G, cdt = call.kv_heads, call.groups, _compute_dtype(q.dtype)
-        qs5 = (q * call.scaling).view(B, Hkv, G, Lq, D)
-        do5 = grad_out.reshape(B, Hkv, G, Lq, D)
-        kp = _keys_with_table(k, table, call.rows)
-        delta = (do5.to(cdt) * out.to(cdt)).sum(-1)  # (B, Hkv, G, Lq): rowsum(dO * O)
-        dq = torch.empty(B, Hkv, G, Lq, D, dtype=q.dtype, device=q.device)
-        dk = torch.zeros(B, Hkv, call.k_len, D, dtype=cdt, device=q.device)
-        dv = torch.zeros_like(dk)
-        for start in range(0, Lq, chunk_size):
-            chunk = _Chunk(start, min(start + chunk_size, Lq), call, ctx.support)
-            c, K = chunk.size, chunk.keys
-            sl = slice(chunk.start, chunk.stop)
-            logits, qs_c, kp_c = _chunk_logits(qs5, kp, chunk, call, cdt)
-            probs = _probabilities(logits, call.rows_may_be_empty)  # recomputed, (B, Hkv, G, c, K)
-            do_c = do5[:, :, :, sl]  # (B, Hkv, G, c, D)
-            v_c = v[:, :, None, :K]
-            dp = torch.matmul(do_c, v_c.transpose(-1, -2)).to(cdt)  # (B, Hkv, G, c, K)
-            ds = probs * (dp - delta[..., sl, None])  # d logits (logits already scaled)
-            # dq for both terms in one matmul: scatter dS into the layout of S.
-            grad_s = torch.empty(*ds.shape[:-1], chunk.width + K, dtype=q.dtype, device=q.device)
-            grad_s[..., : chunk.width].zero_()
-            chunk.skew_view(grad_s).copy_(ds[..., chunk.band_start :])  # positional block
-            grad_s[..., chunk.width :] = ds  # content block (after: overwrites future-key writes)
-            dq[:, :, :, sl] = torch.matmul(grad_s, kp_c)
-            # dk, dv: fold the G query heads of a group into the chunk's rows.
-            ds_t = ds.to(q.dtype).reshape(B, Hkv, G * c, K).transpose(-1, -2)
-            dk[:, :, :K] += torch.matmul(ds_t, qs_c.reshape(B, Hkv, G * c, D)).to(cdt)
-            p_t = probs.to(q.dtype).reshape(B, Hkv, G * c, K).transpose(-1, -2)
-            dv[:, :, :K] += torch.matmul(p_t, do_c.reshape(B, Hkv, G * c, D)).to(cdt)
-        dq = dq.view(B, H, Lq, D) * call.scaling
-        return dq, dk.to(k.dtype), dv.to(v.dtype), None, None
+        q, k, v, out = ctx.saved_tensors
+        with one_intra_op_thread() as threads:
+            dq, dk, dv = _backward(q, k, v, out, grad_out, ctx.call, ctx.chunk_size, threads)
+        return dq, dk, dv, None, None
+
+
+def _forward(q, k, v, call: AttentionCall, chunk_size: int, threads: int) -> torch.Tensor:
+    """(B, H, Lq, D): the chunks on ``threads`` threads."""
+    plan = _Plan(q, k, v, call, chunk_size)
+    B, H, _, D = q.shape
+    rows = (B * call.kv_heads, call.groups)
+    outs: list[torch.Tensor | None] = [None] * len(plan.q_parts)
+
+    def piece(index: int, worker: int) -> None:
+        geo, space = plan.chunk(index, worker)
+        probs = _chunk_probabilities(plan.q_parts[index], plan.keys, plan.table_rev, geo, space, call)
+        out_c = torch.bmm(probs.view(rows[0], rows[1] * geo.size, geo.keys), plan.values[:, : geo.keys])
+        outs[index] = out_c.view(B, H, geo.size, D)
+
+    plan.run(piece, threads)
+    return torch.cat(outs, dim=2)
+
+
+def _backward(q, k, v, out, grad_out, call: AttentionCall, chunk_size: int, threads: int):
+    """(dq, dk, dv): the chunks recomputed on ``threads`` threads."""
+    plan = _Plan(q, k, v, call, chunk_size)
+    grad_out = grad_out.contiguous()
+    delta = (grad_out * out).sum(-1, keepdim=True)  # (B, H, Lq, 1): rowsum(dO * O)
+    do_parts, delta_parts = plan.chunks.split(grad_out), plan.chunks.split(delta)
+    dqs: list[torch.Tensor | None] = [None] * len(plan.q_parts)
+    # dk, dv accumulate transposed, (B * Hkv, D, Lk), one pair per thread: the GEMM
+    # q_c^T @ dS (D x K) runs faster on CPU than dS^T @ q_c (K x D).
+    sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def piece(index: int, worker: int) -> None:
+        if worker not in sums:
+            dk_t = plan.keys.new_zeros(plan.keys.shape[0], plan.keys.shape[2], plan.keys.shape[1])
+            sums[worker] = (dk_t, torch.zeros_like(dk_t))
+        geo, space = plan.chunk(index, worker)
+        dqs[index] = _chunk_backward(plan, index, geo, space, do_parts[index], delta_parts[index], *sums[worker])
+
+    plan.run(piece, threads)
+    dq = torch.cat(dqs, dim=2).mul_(call.scaling)
+    dk_t, dv_t = (torch.stack(parts).sum(0) if len(parts) > 1 else parts[0] for parts in zip(*sums.values()))
+    return dq, dk_t.transpose(1, 2).view(k.shape), dv_t.transpose(1, 2).view(v.shape)
+
+
+def _chunk_backward(plan: _Plan, index: int, geo: ChunkGeometry, space: BandWorkspace, do_c, delta_c, dk_t, dv_t):
+    """dq (B, H, c, D) of one chunk (before the scaling); accumulates dk_t, dv_t (B * Hkv, D, Lk)."""
+    call, q_c, keys, values = plan.call, plan.q_parts[index], plan.keys, plan.values
+    B, H, c, D = q_c.shape
+    K, kb, W = geo.keys, geo.band_start, geo.width
+    probs = _chunk_probabilities(q_c, keys, plan.table_rev, geo, space, call)  # recomputed, (B * H, c, K)
+    rows = (B * call.kv_heads, call.groups * c)
+    dp = torch.bmm(do_c.view(*rows, D), values[:, :K].transpose(1, 2)).view(B * H, c, K)
+    ds = dp.sub_(delta_c.view(B * H, c, 1)).mul_(probs)  # dS = P * (dP - delta), in place
+    dq = torch.bmm(ds.view(*rows, K), keys[:, :K])  # content term
+    if W:
+        grad_qp = space.gradient(geo)
+        space.skew_view(grad_qp, geo).copy_(ds[:, :, kb:])  # dS of the band, in the layout of QP
+        dq.view(B * H * c, D).addmm_(space.band_columns(grad_qp, geo), plan.table_rev[-W:])
+    # A batched GEMM wants a contiguous result, and dk_t[..., :K] is not one (K < Lk): add.
+    dk_t[:, :, :K] += torch.bmm(q_c.view(*rows, D).transpose(1, 2), ds.view(*rows, K))
+    dv_t[:, :, :K] += torch.bmm(do_c.view(*rows, D).transpose(1, 2), probs.view(*rows, K))
+    return dq.view(B, H, c, D)
 
 
 def chunked_backend(call: AttentionCall, chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
     """Memory-bounded wavelet attention (Eq. 10) of one validated call, with autograd.
+
+    Calls with a tensor ``q_offset`` (a traced static-cache step) and calls traced by
+    ``torch.compile`` without gradients take `static_shape_attention` (shapes only, one graph).
+    Other calls with at most `DECODE_MAX_QUERIES` queries (decoding, short continuations) and no
+    ``chunk_size`` given take `hf_wavepos.attention.decode.decode_attention_call`.
 
     Args:
         call: the validated call; (B, H, Lq, D) in q's dtype comes back, rows that see no key zero.
@@ -197,24 +209,31 @@ def chunked_backend(call: AttentionCall, chunk_size: int | None = DEFAULT_CHUNK_
     Raises:
         ValueError: if chunk_size is not a positive integer or None.
     """
-    if chunk_size is None:
-        chunk_size = auto_chunk_size(call.batch, call.heads, call.q_len, call.k_len)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0):
         raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}.")
     if call.q_len == 0:
         return call.q.new_zeros(call.q.shape)
     if call.has_tensor_offset or (torch.compiler.is_compiling() and not _needs_grad(call)):
-        return static_shape_attention(call, chunk_size)
+        size = chunk_size or auto_chunk_size(call.batch, call.heads, call.q_len, call.k_len)
+        return static_shape_attention(call, size)
+    if chunk_size is None and call.q_len <= DECODE_MAX_QUERIES:
+        return decode_attention_call(call)
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(call.batch, call.heads, call.q_len, call.k_len)
     # Half precisions are computed in float32 and rounded once at the end: on CPU that is no
     # slower, and every intermediate (logits, dS, dq) keeps float32 accuracy.
     half = call.q.dtype in (torch.float16, torch.bfloat16)
-    q, k, v, table = (t.float() if half else t for t in (call.q, call.k, call.v, call.table.detach()))
+    q, k, v = (t.float() if half else t for t in (call.q, call.k, call.v))
     slopes = None if call.alibi_slopes is None else call.alibi_slopes.detach()
     work = dataclasses.replace(
-        call, q=q.contiguous(), k=k.contiguous(), v=v.contiguous(), table=table, alibi_slopes=slopes
+        call, q=q.contiguous(), k=k.contiguous(), v=v.contiguous(), table=call.table.detach(), alibi_slopes=slopes
     )
     out = _ChunkedWavePosAttention.apply(work.q, work.k, work.v, work, chunk_size)
     return out.to(call.q.dtype)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _needs_grad(call: AttentionCall) -> bool:
@@ -259,8 +278,13 @@ def static_shape_attention(call: AttentionCall, chunk_size: int) -> torch.Tensor
 
 
 def chunked_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor, *,
-    chunk_size: int | None = DEFAULT_CHUNK_SIZE, **contract: Any,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    table: torch.Tensor,
+    *,
+    chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+    **contract: Any,
 ) -> torch.Tensor:
     """The ``chunked`` backend called directly: arguments, result and errors as
     `hf_wavepos.wavepos_attention` (the contract: `hf_wavepos.attention.contract.AttentionCall`),

@@ -144,14 +144,18 @@ def _triton(cuda: bool) -> BackendUnderTest:
 def backend_under_test(name: str) -> BackendUnderTest:
     """The way ``name`` runs on this machine (defaults for a backend the table does not know)."""
     from hf_wavepos.attention.chunked import chunked_backend
+    from hf_wavepos.attention.decode import DECODE_MAX_QUERIES
 
     cuda = torch.cuda.is_available()
     if name == "reference":
         return BackendUnderTest(name, "cpu", dtype=torch.float64)
-    if name == "chunked":  # an odd chunk size (several chunks, a short last one); long: the default
+    if name == "chunked":  # an odd chunk size (several chunks, a short last one); long, or few
+        # queries (the decoding path, `hf_wavepos.attention.decode`): the default
         return BackendUnderTest(
             name, "cpu", dtype=torch.float64, low_precisions=(torch.float32, torch.bfloat16),
-            fn=lambda call, length: chunked_backend(call, chunk_size=29 if length <= 300 else None),
+            fn=lambda call, length: chunked_backend(
+                call, chunk_size=29 if length <= 300 and call.q_len > DECODE_MAX_QUERIES else None
+            ),
         )
     if name == "flex":  # PyTorch has FlexAttention's forward on CPU (eager), no CPU backward
         return BackendUnderTest(name, "cuda" if cuda else "cpu", gradients=cuda)

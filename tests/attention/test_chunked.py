@@ -38,11 +38,15 @@ def test_chunked_saves_nothing_quadratic_for_backward():
 
 
 def test_auto_chunk_size_bounds_memory():
-    from hf_wavepos.attention.chunked import CHUNK_ELEMENTS, auto_chunk_size
+    from hf_wavepos.attention.chunked import CHUNK_ELEMENTS, MIN_CHUNK, PIECES, auto_chunk_size
 
-    assert auto_chunk_size(1, 4, 4096, 4096) == 64
-    assert auto_chunk_size(1, 4, 512, 512) == 128
-    assert auto_chunk_size(1, 1, 100, 100) == 100  # never more than the queries
-    assert auto_chunk_size(8, 32, 65536, 65536) == 64  # floor: memory then grows only with Lk
-    for L in (512, 2048, 8192):
-        assert auto_chunk_size(1, 8, L, L) * 8 * 2 * L <= max(CHUNK_ELEMENTS, 64 * 8 * 2 * L)
+    assert auto_chunk_size(1, 8, 2048, 2048) == 64
+    assert auto_chunk_size(1, 2, 2048, 2048) == 256  # few heads: larger chunks, still 8 of them
+    assert auto_chunk_size(1, 4, 512, 512) == 64  # at least PIECES chunks where possible
+    assert auto_chunk_size(1, 1, 100, 100) == 64
+    assert auto_chunk_size(1, 1, 40, 40) == 40  # never more than the queries
+    assert auto_chunk_size(8, 32, 65536, 65536) == MIN_CHUNK  # floor: memory then grows only with Lk
+    for L in (512, 2048, 8192, 32768):
+        size = auto_chunk_size(1, 8, L, L)
+        assert size % 64 == 0 and size * 8 * L <= max(CHUNK_ELEMENTS, MIN_CHUNK * 8 * L)
+        assert L // size >= min(PIECES, L // MIN_CHUNK)
