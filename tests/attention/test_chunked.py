@@ -50,3 +50,22 @@ def test_auto_chunk_size_bounds_memory():
         size = auto_chunk_size(1, 8, L, L)
         assert size % 64 == 0 and size * 8 * L <= max(CHUNK_ELEMENTS, MIN_CHUNK * 8 * L)
         assert L // size >= min(PIECES, L // MIN_CHUNK)
+
+
+def test_band_workspace_rows_are_aligned_and_the_skew_view_reads_qp_by_distance():
+    from hf_wavepos.attention.chunks import ROW_ALIGN, BandWorkspace
+
+    class Geo:  # a chunk of c = 5 queries whose band is W = 9 keys, inside a widest band of 13
+        size, width = 5, 9
+
+    space = BandWorkspace(heads=2, size=5, max_width=13, dtype=torch.float64, device=torch.device("cpu"))
+    buffer = space.logits()
+    assert buffer.stride(1) % ROW_ALIGN == 0 and buffer.shape[-1] >= 13 + 5 - 1
+    qp = torch.randn(2 * 5, 9, dtype=torch.float64)  # QP[i, u] = q_i . p[W - 1 - u]
+    space.band_columns(buffer, Geo).copy_(qp)
+    skew = space.skew_view(buffer, Geo)  # [h, i, j]: key kb + j of query i, distance W - c + i - j
+    for i in range(5):
+        for j in range(9):
+            distance = 9 - 5 + i - j
+            expected = qp.view(2, 5, 9)[:, i, 9 - 1 - distance] if distance >= 0 else torch.full((2,), float("-inf"))
+            assert torch.equal(skew[:, i, j], expected.to(torch.float64))
