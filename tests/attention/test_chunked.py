@@ -53,12 +53,12 @@ def test_auto_chunk_size_bounds_memory():
 
 
 def test_band_workspace_rows_are_aligned_and_the_skew_view_reads_qp_by_distance():
-    from hf_wavepos.attention.chunks import ROW_ALIGN, BandWorkspace
+    from hf_wavepos.attention.chunks import ROW_ALIGN, BandWorkspace, ScratchBuffers
 
     class Geo:  # a chunk of c = 5 queries whose band is W = 9 keys, inside a widest band of 13
         size, width = 5, 9
 
-    space = BandWorkspace(heads=2, size=5, max_width=13, dtype=torch.float64, device=torch.device("cpu"))
+    space = BandWorkspace(heads=2, size=5, max_width=13, scratch=ScratchBuffers(torch.float64, torch.device("cpu")))
     buffer = space.logits()
     assert buffer.stride(1) % ROW_ALIGN == 0 and buffer.shape[-1] >= 13 + 5 - 1
     qp = torch.randn(2 * 5, 9, dtype=torch.float64)  # QP[i, u] = q_i . p[W - 1 - u]
