@@ -99,7 +99,7 @@ class _Plan:
         self.chunks = QueryChunks(call.q_len, chunk_size)
         self.max_width = min(call.rows, self.support + chunk_size - 1) if self.support else 0
         self.table_rev = reversed_table(call.table, self.max_width, q.dtype)
-        self.q_parts = self.chunks.split(q * call.scaling)
+        self.q_parts = self.chunks.split(q, call.scaling)
         B, Hkv, Lk, D = k.shape
         self.keys, self.values = k.view(B * Hkv, Lk, D), v.view(B * Hkv, Lk, D)
         self.call, self.heads = call, call.batch * call.heads
@@ -123,7 +123,7 @@ class _Plan:
 
 
 class _ChunkedWavePosAttention(torch.autograd.Function):
-    """Autograd of one call: q, k, v are the call's (contiguous, float32 or float64) tensors."""
+    """Autograd of one call: q, k, v are the call's float32 or float64 tensors (k and v contiguous)."""
 
     @staticmethod
     def forward(ctx, q, k, v, call: AttentionCall, chunk_size: int):
@@ -161,7 +161,6 @@ def _forward(q, k, v, call: AttentionCall, chunk_size: int, threads: int) -> tor
 def _backward(q, k, v, out, grad_out, call: AttentionCall, chunk_size: int, threads: int):
     """(dq, dk, dv): the chunks recomputed on ``threads`` threads."""
     plan = _Plan(q, k, v, call, chunk_size)
-    grad_out = grad_out.contiguous()
     delta = (grad_out * out).sum(-1, keepdim=True)  # (B, H, Lq, 1): rowsum(dO * O)
     do_parts, delta_parts = plan.chunks.split(grad_out), plan.chunks.split(delta)
     dqs: list[torch.Tensor | None] = [None] * len(plan.q_parts)
@@ -237,7 +236,7 @@ def chunked_backend(call: AttentionCall, chunk_size: int | None = DEFAULT_CHUNK_
     q, k, v = (t.float() if half else t for t in (call.q, call.k, call.v))
     slopes = None if call.alibi_slopes is None else call.alibi_slopes.detach()
     work = dataclasses.replace(
-        call, q=q.contiguous(), k=k.contiguous(), v=v.contiguous(), table=call.table.detach(), alibi_slopes=slopes
+        call, q=q, k=k.contiguous(), v=v.contiguous(), table=call.table.detach(), alibi_slopes=slopes
     )
     out = _ChunkedWavePosAttention.apply(work.q, work.k, work.v, work, chunk_size)
     return out.to(call.q.dtype)

@@ -49,17 +49,23 @@ class QueryChunks:
         self.full = length // size
         self.bounds = [(s, min(s + size, length)) for s in range(0, length, size)]
 
-    def split(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, H, Lq, X) -> one contiguous (B, H, c, X) tensor per chunk, in two copies in all."""
-        B, H, _, X = x.shape
+    def split(self, x: torch.Tensor, scale: float | None = None) -> list[torch.Tensor]:
+        """(B, H, Lq, X) of any strides -> one contiguous (B, H, c, X) tensor per chunk, times
+        ``scale`` when given, in two copies in all (one pass over x: a model's transposed view of
+        its projection is read in place)."""
         cut = self.full * self.size
         parts = []
         if self.full:
-            block = x[:, :, :cut].reshape(B, H, self.full, self.size, X).permute(2, 0, 1, 3, 4).contiguous()
-            parts = list(block.unbind(0))
+            block = x[:, :, :cut].unflatten(2, (self.full, self.size)).permute(2, 0, 1, 3, 4)
+            parts = list(_contiguous_copy(block, scale).unbind(0))
         if cut < self.length:
-            parts.append(x[:, :, cut:].contiguous())
+            parts.append(_contiguous_copy(x[:, :, cut:], scale))
         return parts
+
+
+def _contiguous_copy(x: torch.Tensor, scale: float | None) -> torch.Tensor:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return out.copy_(x) if scale is None else torch.mul(x, scale, out=out)
 
 
 class ChunkGeometry:
