@@ -33,7 +33,7 @@ import torch
 
 from hf_wavepos.attention.contract import AttentionCall, alibi_bias, attention_call, visible_keys
 from hf_wavepos.attention.decode import DECODE_MAX_QUERIES, decode_attention_call
-from hf_wavepos.attention.chunks import BandWorkspace, ChunkGeometry, QueryChunks, reversed_table
+from hf_wavepos.attention.chunks import BandWorkspace, ChunkGeometry, QueryChunks, ScratchBuffers, reversed_table
 from hf_wavepos.attention.workers import one_intra_op_thread, run_pieces
 from hf_wavepos.basis import skip_cutoff, table_support
 
@@ -64,7 +64,9 @@ def _chunk_probabilities(q_c, keys, table_rev, geo: ChunkGeometry, space: BandWo
     """Attention probabilities (B * H, c, K) of one chunk; q_c (B, H, c, D) is already scaled."""
     B, H, c, D = q_c.shape
     Hkv, G, K, kb, W = call.kv_heads, call.groups, geo.keys, geo.band_start, geo.width
-    logits = torch.bmm(q_c.view(B * Hkv, G * c, D), keys[:, :K].transpose(1, 2)).view(B * H, c, K)
+    logits = space.scratch.get("logits", (B * Hkv, G * c, K))
+    torch.bmm(q_c.view(B * Hkv, G * c, D), keys[:, :K].transpose(1, 2), out=logits)
+    logits = logits.view(B * H, c, K)
     if W:
         qp = space.logits()
         torch.mm(q_c.view(B * H * c, D), table_rev[-W:].T, out=space.band_columns(qp, geo))
@@ -76,11 +78,16 @@ def _chunk_probabilities(q_c, keys, table_rev, geo: ChunkGeometry, space: BandWo
         rows = None if call.attn_mask is None else call.attn_mask[:, :, geo.start : geo.stop]
         visible = visible_keys(geo.positions(q_c.device), K, call.key_padding_mask, call.document_ids, rows)
         logits.view(B, H, c, K).masked_fill_(~visible, float("-inf"))  # (B|1, 1, c, K)
-        return torch.softmax(logits, dim=-1).nan_to_num_(0.0)  # rows that see no key: zeros
+        return _softmax(logits, space).nan_to_num_(0.0)  # rows that see no key: zeros
     if not W:  # no band to carry the causal mask: mask the future keys (among the last c) here
         future = torch.ones(c, c, dtype=torch.bool, device=q_c.device).triu_(1)
         logits[:, :, K - c :].masked_fill_(future, float("-inf"))
-    return torch.softmax(logits, dim=-1)
+    return _softmax(logits, space)
+
+
+def _softmax(logits: torch.Tensor, space: BandWorkspace) -> torch.Tensor:
+    """softmax over the keys of ``logits`` (N, c, K), into the thread's ``probs`` buffer."""
+    return torch.ops.aten._softmax.out(logits, -1, False, out=space.scratch.get("probs", logits.shape))
 
 
 class _Plan:
@@ -92,11 +99,12 @@ class _Plan:
         self.chunks = QueryChunks(call.q_len, chunk_size)
         self.max_width = min(call.rows, self.support + chunk_size - 1) if self.support else 0
         self.table_rev = reversed_table(call.table, self.max_width, q.dtype)
-        self.q_parts = self.chunks.split(q * call.scaling)
+        self.q_parts = self.chunks.split(q, call.scaling)
         B, Hkv, Lk, D = k.shape
         self.keys, self.values = k.view(B * Hkv, Lk, D), v.view(B * Hkv, Lk, D)
         self.call, self.heads = call, call.batch * call.heads
         self._spaces: dict[tuple[int, int], BandWorkspace] = {}
+        self._scratch: dict[int, ScratchBuffers] = {}
 
     def chunk(self, index: int, worker: int) -> tuple[ChunkGeometry, BandWorkspace]:
         """The geometry of chunk ``index`` and the workspace of thread ``worker`` for its size."""
@@ -104,7 +112,8 @@ class _Plan:
         key = (worker, geo.size)
         if key not in self._spaces:
             q = self.q_parts[0]
-            self._spaces[key] = BandWorkspace(self.heads, geo.size, self.max_width, q.dtype, q.device)
+            scratch = self._scratch.setdefault(worker, ScratchBuffers(q.dtype, q.device))
+            self._spaces[key] = BandWorkspace(self.heads, geo.size, self.max_width, scratch)
         return geo, self._spaces[key]
 
     def run(self, piece: Callable[[int, int], None], threads: int) -> None:
@@ -114,7 +123,7 @@ class _Plan:
 
 
 class _ChunkedWavePosAttention(torch.autograd.Function):
-    """Autograd of one call: q, k, v are the call's (contiguous, float32 or float64) tensors."""
+    """Autograd of one call: q, k, v are the call's float32 or float64 tensors (k and v contiguous)."""
 
     @staticmethod
     def forward(ctx, q, k, v, call: AttentionCall, chunk_size: int):
@@ -152,7 +161,6 @@ def _forward(q, k, v, call: AttentionCall, chunk_size: int, threads: int) -> tor
 def _backward(q, k, v, out, grad_out, call: AttentionCall, chunk_size: int, threads: int):
     """(dq, dk, dv): the chunks recomputed on ``threads`` threads."""
     plan = _Plan(q, k, v, call, chunk_size)
-    grad_out = grad_out.contiguous()
     delta = (grad_out * out).sum(-1, keepdim=True)  # (B, H, Lq, 1): rowsum(dO * O)
     do_parts, delta_parts = plan.chunks.split(grad_out), plan.chunks.split(delta)
     dqs: list[torch.Tensor | None] = [None] * len(plan.q_parts)
@@ -180,7 +188,8 @@ def _chunk_backward(plan: _Plan, index: int, geo: ChunkGeometry, space: BandWork
     K, kb, W = geo.keys, geo.band_start, geo.width
     probs = _chunk_probabilities(q_c, keys, plan.table_rev, geo, space, call)  # recomputed, (B * H, c, K)
     rows = (B * call.kv_heads, call.groups * c)
-    dp = torch.bmm(do_c.view(*rows, D), values[:, :K].transpose(1, 2)).view(B * H, c, K)
+    dp = torch.bmm(do_c.view(*rows, D), values[:, :K].transpose(1, 2), out=space.scratch.get("dp", (*rows, K)))
+    dp = dp.view(B * H, c, K)
     ds = dp.sub_(delta_c.view(B * H, c, 1)).mul_(probs)  # dS = P * (dP - delta), in place
     dq = torch.bmm(ds.view(*rows, K), keys[:, :K])  # content term
     if W:
@@ -188,8 +197,9 @@ def _chunk_backward(plan: _Plan, index: int, geo: ChunkGeometry, space: BandWork
         space.skew_view(grad_qp, geo).copy_(ds[:, :, kb:])  # dS of the band, in the layout of QP
         dq.view(B * H * c, D).addmm_(space.band_columns(grad_qp, geo), plan.table_rev[-W:])
     # A batched GEMM wants a contiguous result, and dk_t[..., :K] is not one (K < Lk): add.
-    dk_t[:, :, :K] += torch.bmm(q_c.view(*rows, D).transpose(1, 2), ds.view(*rows, K))
-    dv_t[:, :, :K] += torch.bmm(do_c.view(*rows, D).transpose(1, 2), probs.view(*rows, K))
+    part = space.scratch.get("dkv", (rows[0], D, K))
+    dk_t[:, :, :K] += torch.bmm(q_c.view(*rows, D).transpose(1, 2), ds.view(*rows, K), out=part)
+    dv_t[:, :, :K] += torch.bmm(do_c.view(*rows, D).transpose(1, 2), probs.view(*rows, K), out=part)
     return dq.view(B, H, c, D)
 
 
@@ -226,7 +236,7 @@ def chunked_backend(call: AttentionCall, chunk_size: int | None = DEFAULT_CHUNK_
     q, k, v = (t.float() if half else t for t in (call.q, call.k, call.v))
     slopes = None if call.alibi_slopes is None else call.alibi_slopes.detach()
     work = dataclasses.replace(
-        call, q=q.contiguous(), k=k.contiguous(), v=v.contiguous(), table=call.table.detach(), alibi_slopes=slopes
+        call, q=q, k=k.contiguous(), v=v.contiguous(), table=call.table.detach(), alibi_slopes=slopes
     )
     out = _ChunkedWavePosAttention.apply(work.q, work.k, work.v, work, chunk_size)
     return out.to(call.q.dtype)
