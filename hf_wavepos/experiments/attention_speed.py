@@ -97,10 +97,10 @@ def make_decode_step(method: str, args, preset: str) -> Callable[[], None]:
     return step
 
 
-def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of every step: one warm-up each, then ``repeats`` rounds of all steps in
-    turn, so that changes in machine load hit every method alike."""
-    for step in steps.values():
+def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, warmup: bool = True) -> dict[str, list[float]]:
+    """Seconds per call of every step: one warm-up each (unless ``warmup`` is false), then
+    ``repeats`` rounds of all steps in turn, so that changes in machine load hit every method alike."""
+    for step in steps.values() if warmup else ():
         step()
     times = {name: [] for name in steps}
     for _ in range(repeats):

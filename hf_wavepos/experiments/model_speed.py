@@ -26,13 +26,13 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from hf_wavepos.experiments.attention_speed import time_interleaved
 from hf_wavepos.machine import cpu_record, cpu_slug
 from hf_wavepos.models.registry import apply_wavepos
 
@@ -74,20 +74,6 @@ def make_step(model: torch.nn.Module, mode: str, length: int) -> Callable[[], No
                 part.gather(-1, targets[start : start + 2048, None]).sum()
 
     return training if mode == "training" else scoring
-
-
-def time_interleaved(steps: dict[str, Callable[[], None]], repeats: int, warmup: bool) -> dict[str, list[float]]:
-    """Seconds per call of every step; the steps alternate within each of ``repeats`` rounds."""
-    if warmup:
-        for step in steps.values():
-            step()
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def peak_memory_mib(name: str, mode: str, length: int, layers: int, threads: int) -> float:
