@@ -84,7 +84,13 @@ def _card_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _recipe_text(value: str | None) -> str | None:
-    if value and Path(value).is_file():
+    """``--recipe``: a YAML file's text in a code block, or the given text as it is (a text with line
+    breaks or longer than a file name can be is never taken for a path)."""
+    try:
+        is_file = bool(value) and "\n" not in value and Path(value).is_file()
+    except OSError:  # e.g. "File name too long"
+        is_file = False
+    if is_file:
         return f"Training configuration (`{Path(value).name}`):\n\n```yaml\n{Path(value).read_text().strip()}\n```"
     return value
 

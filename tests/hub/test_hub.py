@@ -182,3 +182,14 @@ def test_cli_without_a_tokenizer_in_the_model_folder_names_the_command_line_reme
         assemble_folder(bare, tmp_path / "api")
     assemble_folder(bare, tmp_path / "api", tokenizer=root / "model")
     check_folder(tmp_path / "api")
+
+
+def test_recipe_option_takes_a_file_or_any_text(tmp_path):
+    from hf_wavepos.cli import _recipe_text
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  max_steps: 3\n")
+    assert "```yaml\ntrain:\n  max_steps: 3\n```" in _recipe_text(str(recipe))
+    long_text = "Stage 1: attention transfer.\n" + "x" * 5000  # once crashed with "File name too long"
+    assert _recipe_text(long_text) == long_text and _recipe_text("x" * 5000) == "x" * 5000
+    assert _recipe_text(None) is None
