@@ -98,32 +98,38 @@ def _measure_memory_here(name: str, mode: str, length: int, layers: int) -> None
     print((_status_kib("VmHWM") - before) / 1024)
 
 
+def _timing_entry(models: dict, mode: str, length: int, args) -> dict:
+    """Interleaved timing of one (mode, length) for every model: ratios to stock and the medians."""
+    load_before = os.getloadavg()[0]
+    steps = {name: make_step(model, mode, length) for name, model in models.items()}
+    times = time_interleaved(steps, args.repeats, warmup=not args.no_warmup)
+    median = {n: statistics.median(t) for n, t in times.items()}
+    return {
+        "ratio_vs_stock": {n: median[n] / median["stock"] for n in models},
+        "ratio_vs_stock_of_minima": {n: min(times[n]) / min(times["stock"]) for n in models},
+        "median_seconds_this_machine": median,
+        "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
+    }
+
+
 def run_model_benchmark(args, argv=None) -> dict:
     """Time every (mode, length) for every model and measure peak memory; the JSON-ready report."""
     names = ["stock"] + [f"wavepos_{p}" for p in args.presets]
-    models = {name: build_model(name, args.layers) for name in names}
+    models = {} if args.no_speed else {name: build_model(name, args.layers) for name in names}
     results: dict = {mode: {} for mode in MODES}
     for mode, lengths in (("training", args.train_lengths), ("scoring", args.score_lengths)):
         for length in lengths:
-            load_before = os.getloadavg()[0]
-            steps = {name: make_step(model, mode, length) for name, model in models.items()}
-            times = time_interleaved(steps, args.repeats, warmup=not args.no_warmup)
-            median = {n: statistics.median(t) for n, t in times.items()}
-            entry = {
-                "ratio_vs_stock": {n: median[n] / median["stock"] for n in names},
-                "ratio_vs_stock_of_minima": {n: min(times[n]) / min(times["stock"]) for n in names},
-                "median_seconds_this_machine": median,
-                "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
-            }
+            entry = {} if args.no_speed else _timing_entry(models, mode, length, args)
             if not args.no_memory:
                 memory = {n: peak_memory_mib(n, mode, length, args.layers, args.threads) for n in names}
                 entry["peak_rss_growth_mib"] = memory
                 entry["memory_ratio_vs_stock"] = {n: memory[n] / memory["stock"] for n in names}
             results[mode][str(length)] = entry
-            print(f"{mode:>8} {length:>5}: " + ", ".join(f"{n} {entry['ratio_vs_stock'][n]:.2f}x" for n in names[1:])
-                  + (", memory " + ", ".join(f"{n} {entry['memory_ratio_vs_stock'][n]:.2f}x" for n in names[1:])
-                     if not args.no_memory else "")
-                  + f" (stock {median['stock']:.2f} s, load {load_before:.1f})", flush=True)
+            parts = [f"{n} {entry['ratio_vs_stock'][n]:.2f}x" for n in names[1:] if "ratio_vs_stock" in entry]
+            parts += [f"memory {n} {entry['memory_ratio_vs_stock'][n]:.2f}x" for n in names[1:]
+                      if "memory_ratio_vs_stock" in entry]
+            stock = f" (stock {entry['median_seconds_this_machine']['stock']:.2f} s)" if "ratio_vs_stock" in entry else ""
+            print(f"{mode:>8} {length:>5}: " + ", ".join(parts) + stock, flush=True)
     return {
         "benchmark": "SmolLM2-135M-shaped Llama on CPU: training step and full-sequence scoring, wavepos vs stock RoPE",
         "command": "python bench/model_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -145,9 +151,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up call of every step")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--no-speed", action="store_true",
+                        help="peak memory only (no timing): memory does not need a quiet machine")
     parser.add_argument("--out", default=None, help="default: bench/results/model_cpu_<cpu>[_quick].json")
     parser.add_argument("--measure-memory", nargs=3, metavar=("NAME", "MODE", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.no_memory and args.no_speed:
+        parser.error("--no-memory and --no-speed leave nothing to measure; drop one of them.")
     if args.quick:
         args.layers, args.repeats = 4, 1
     return args

@@ -73,6 +73,17 @@ def test_model_benchmark_times_and_measures_every_model(tmp_path):
         assert entry["peak_rss_growth_mib"]["stock"] > 0 and entry["memory_ratio_vs_stock"]["wavepos_long"] > 0
 
 
+@pytest.mark.slow
+def test_model_benchmark_memory_only(tmp_path):
+    out = tmp_path / "m.json"
+    model_speed.main(["--layers", "1", "--presets", "long", "--train-lengths", "64", "--score-lengths",
+                      "--no-speed", "--threads", "1", "--out", str(out)])
+    entry = json.loads(out.read_text())["results"]["training"]["64"]
+    assert "ratio_vs_stock" not in entry and entry["memory_ratio_vs_stock"]["stock"] == 1.0
+    with pytest.raises(SystemExit):
+        model_speed.parse_args(["--no-speed", "--no-memory"])
+
+
 def test_model_benchmark_builds_smollm2_shapes():
     stock, wavepos = (model_speed.build_model(name, layers=1) for name in ("stock", "wavepos_oka2025"))
     assert stock.config.model_type == "llama" and wavepos.config.model_type == "wavepos_llama"
