@@ -4,6 +4,7 @@ figures, perplexity, the extension length and passkey, and its written results."
 from __future__ import annotations
 
 import json
+import re
 import os
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def test_bench_conversion_end_to_end(tmp_path, fresh_accelerate, capsys):
         "eval_every": 1, "eval_blocks": 2, "eval_documents": 2, "length_multiples": [1, 2],
         "extension_length": 600, "extension_documents": 2, "extension_methods": ["rope:plain", "long:plain"],
         "passkey_multiples": [4], "passkey_depths": [0.5], "passkey_samples": 1, "lora_r": 2, "lora_alpha": 4,
+        "transfer_distill_lr": 1e-3, "transfer_distill_trainable": ["q_proj", "k_proj", "v_proj", "o_proj"],
     }))  # JSON is YAML
     out = tmp_path / "run"
     assert main(["bench", "conversion", "--config", str(config), "--out", str(out)]) == 0
@@ -101,6 +103,9 @@ def test_bench_conversion_end_to_end(tmp_path, fresh_accelerate, capsys):
     second = load_config(out / "models" / "long_transfer-distill" / "train_config.yaml")
     assert second.model.pretrained == str(out / "models" / "long_transfer" / "final") and second.model.position == "keep"
     assert second.distill.teacher == str(out / "stock") and second.distill.target == "logits"
+    assert second.optim.lr == 1e-3 and second.distill.trainable == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    first = load_config(out / "models" / "long_transfer" / "train_config.yaml")
+    assert first.optim.lr == 3e-3 and first.distill.target == "attention" and first.distill.trainable is None
 
     # Trained models reload as saved: the scaled RoPE keeps its rope_parameters, conversions their type.
     linear = AutoModelForCausalLM.from_pretrained(out / "models" / "rope-linear_plain" / "final")
@@ -113,7 +118,14 @@ def test_bench_conversion_end_to_end(tmp_path, fresh_accelerate, capsys):
     capsys.readouterr()
     assert main(["bench", "conversion", "--config", str(config), "--out", str(out), "--methods", "rope:plain"]) == 0
     printed = capsys.readouterr().out
-    assert "trained earlier, reusing" in printed and "scores of an earlier run reused" in printed
+    assert "trained earlier with the same settings, reusing" in printed and "scores of an earlier run reused" in printed
+
+    # A finished training is never reused for other settings: the error names them and the fix.
+    changed = json.loads(config.read_text()) | {"transfer_distill_lr": 2e-3}
+    config.write_text(json.dumps(changed))
+    with pytest.raises(SystemExit):
+        main(["bench", "conversion", "--config", str(config), "--out", str(out), "--methods", "rope:plain,long:transfer-distill"])
+    assert re.search(r"long_transfer-distill was trained with other settings .*optim\.lr.*another --out", capsys.readouterr().err)
 
 
 def test_recovery_figures_and_config_errors():
@@ -126,6 +138,12 @@ def test_recovery_figures_and_config_errors():
         ConversionConfig(methods=("long:distill",))
     with pytest.raises(ValueError, match="unknown field"):
         ConversionConfig.from_yaml("conversion_cpu", learning_rate=1.0)
+    with pytest.raises(ValueError, match="transfer_distill_trainable must be a non-empty list"):
+        ConversionConfig(transfer_distill_trainable=())
+    with pytest.raises(ValueError, match="transfer_trainable must be a non-empty list"):
+        ConversionConfig(transfer_trainable=("q_proj", ""))
+    with pytest.raises(ValueError, match="transfer_distill_lr must be a positive"):
+        ConversionConfig(transfer_distill_lr=0.0)
 
 
 @pytest.mark.parametrize("name", ["conversion_cpu", "conversion_gpu", "conversion_cpu_smoke"])

@@ -90,10 +90,10 @@ def train_config(config: ConversionConfig, method: str, stock: Path, out: Path, 
     """The training loop's `TrainConfig` for one trained method (identical data, seed and batch).
 
     Args:
-        stage: for the transfer recipes, ``"transfer"`` (attention transfer from the stock checkpoint,
-            ``transfer_steps`` at ``transfer_lr``) or ``"distill"`` (the second stage of
-            ``transfer-distill``: all weights distilled to the stock model, starting from the
-            transfer run); None for the other recipes.
+        stage: for the transfer recipes, ``"transfer"`` (attention transfer from the stock checkpoint:
+            ``transfer_trainable`` for ``transfer_steps`` at ``transfer_lr``) or ``"distill"`` (the
+            second stage of ``transfer-distill``: ``transfer_distill_trainable`` distilled to the stock
+            model at ``transfer_distill_lr``, starting from the transfer run); None for the other recipes.
     """
     from transformers import AutoConfig
 
@@ -109,10 +109,12 @@ def train_config(config: ConversionConfig, method: str, stock: Path, out: Path, 
     name = slug(method)
     if stage == "transfer":
         steps, lr, name = config.transfer_steps, config.transfer_lr, slug(f"{position}:transfer")
-        distill = {"enabled": True, "target": "attention"}
+        distill = {"enabled": True, "target": "attention", "trainable": _names(config.transfer_trainable)}
     elif stage == "distill":
         pretrained, model_position = str(out / "models" / slug(f"{position}:transfer") / "final"), "keep"
         distill["teacher"] = str(stock)  # the transfer run's own RoPE revert would carry its new q/k weights
+        distill["trainable"] = _names(config.transfer_distill_trainable)
+        lr = config.transfer_distill_lr or lr
     return TrainConfig.from_dict({
         "model": {"pretrained": pretrained, "position": model_position,
                   "config_overrides": {"rope_parameters": scaled} if scaled else {}},
@@ -132,6 +134,10 @@ def train_config(config: ConversionConfig, method: str, stock: Path, out: Path, 
         "log": {"trackers": [], "every_steps": max(1, steps // 20), "run_name": f"conversion_{name}"},
         "output_dir": str(out / "models" / name),
     })
+
+
+def _names(modules: tuple[str, ...] | None) -> list[str] | None:
+    return list(modules) if modules is not None else None
 
 
 def training_stages(config: ConversionConfig, method: str) -> list[tuple[str, str | None]]:
@@ -194,6 +200,34 @@ def long_documents(texts: list[str], tokenizer: Any, length: int, count: int) ->
     return documents, f"{len(whole)} held-out files of >= {length} tokens and {len(joined)} made of joined held-out files"
 
 
+def _differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        return [d for k in sorted(set(saved) | set(now)) for d in _differences(saved.get(k), now.get(k), f"{prefix}{k}.")]
+    return [] if saved == now else [prefix.rstrip(".")]
+
+
+def _check_same_training(run_dir: Path, now: dict[str, Any]) -> None:
+    """Refuse to reuse a finished run trained with other settings than the benchmark's config now asks.
+
+    Raises:
+        ValueError: naming the differing settings and the fix (another ``--out`` or removing the run).
+    """
+    import yaml
+
+    from hf_wavepos.training import TrainConfig
+
+    saved_file = run_dir / "train_config.yaml"
+    # read back through TrainConfig: settings added since that run get their defaults
+    saved = TrainConfig.from_dict(yaml.safe_load(saved_file.read_text())).to_dict() if saved_file.is_file() else {}
+    ignored = ("log", "eval")  # neither changes the trained weights
+    changed = _differences({k: v for k, v in saved.items() if k not in ignored},
+                           {k: v for k, v in now.items() if k not in ignored})
+    if changed:
+        raise ValueError(f"{run_dir} was trained with other settings than this config asks ({', '.join(changed)} "
+                         "differ from its train_config.yaml); use another --out or remove that folder to retrain.")
+
+
 def _train_method(config: ConversionConfig, method: str, stock: Path, out: Path, label: str) -> dict[str, Any]:
     """Train one method, stage by stage (or reuse its finished runs); return its training record and
     its recovery curve (the stages' held-out evaluations joined on one token axis)."""
@@ -204,11 +238,12 @@ def _train_method(config: ConversionConfig, method: str, stock: Path, out: Path,
     for name, stage in training_stages(config, method):
         run_dir = out / "models" / name
         summary_file = run_dir / "train_summary.json"
+        run_config = train_config(config, method, stock, out, stage)
         if summary_file.is_file():
-            print(f"{label} {method}: {name} trained earlier, reusing {run_dir}", flush=True)
+            _check_same_training(run_dir, run_config.to_dict())
+            print(f"{label} {method}: {name} trained earlier with the same settings, reusing {run_dir}", flush=True)
             record = json.loads(summary_file.read_text())
         else:
-            run_config = train_config(config, method, stock, out, stage)
             what = "attention transfer" if stage == "transfer" else RECIPES[parse_method(method)[1]]
             print(f"{label} training {method} [{name}] ({what}): {run_config.train.max_steps} steps x "
                   f"{config.global_batch_size} blocks of {config.block_size}", flush=True)

@@ -24,8 +24,8 @@ RECIPES = {
     "distill": "all weights, KL to the stock model + (1 - distill_weight) x next-token loss",
     "lora": "LoRA (q, k, v, o) + trainable norms, next-token loss",
     "lora-distill": "LoRA (q, k, v, o) + trainable norms, distillation loss",
-    "transfer": "attention transfer: every attention layer matches the stock one (query/key projections)",
-    "transfer-distill": "attention transfer, then all weights distilled to the stock model's logits",
+    "transfer": "attention transfer: every attention layer matches the stock one (transfer_trainable)",
+    "transfer-distill": "attention transfer, then distillation to the stock model's logits (transfer_distill_trainable)",
 }
 TRANSFER_RECIPES = ("transfer", "transfer-distill")
 """Recipes whose first stage is attention transfer for ``transfer_steps`` (shared by both: the
@@ -64,7 +64,10 @@ class ConversionConfig:
     lr: float = 3e-4
     lora_lr: float = 2e-3  # LoRA recipes (adapters start at zero)
     transfer_steps: int = 100  # attention transfer stage of the transfer recipes (same batch and blocks)
-    transfer_lr: float = 3e-3  # attention transfer trains only the query/key projections
+    transfer_lr: float = 3e-3
+    transfer_trainable: tuple[str, ...] | None = None  # modules attention transfer trains; None: query/key projections
+    transfer_distill_lr: float | None = None  # second stage of transfer-distill; None: lr
+    transfer_distill_trainable: tuple[str, ...] | None = None  # its trained modules; None: all weights
     warmup_steps: int = 10
     weight_decay: float = 0.0
     seed: int = 0
@@ -109,6 +112,13 @@ class ConversionConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         if not self.rope_factor >= 1:
             raise ValueError(f"rope_factor must be >= 1 (the context extension factor), got {self.rope_factor}.")
+        for name in ("transfer_trainable", "transfer_distill_trainable"):
+            value = getattr(self, name)
+            if value is not None and (not value or not all(isinstance(v, str) and v for v in value)):
+                raise ValueError(f"{name} must be a non-empty list of module names (e.g. [q_proj, k_proj]) or null, "
+                                 f"got {value!r}.")
+        if self.transfer_distill_lr is not None and not self.transfer_distill_lr > 0:
+            raise ValueError(f"transfer_distill_lr must be a positive learning rate or null, got {self.transfer_distill_lr}.")
         if not 0 < self.distill_weight <= 1:
             raise ValueError(f"distill_weight must be in (0, 1], got {self.distill_weight}.")
 
