@@ -7,7 +7,11 @@ its shipped files without a clone of the repository.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -36,3 +40,22 @@ def bench_config_path(name_or_path: str | Path) -> Path:
         f"benchmark config {str(name_or_path)!r} is neither a file nor a shipped config; shipped configs: "
         f"{', '.join(bench_config_names())} (or give the path of a YAML file)."
     )
+
+
+def read_bench_config(cls: type[T], path: str | Path, overrides: dict[str, Any]) -> T:
+    """A benchmark settings dataclass from a YAML file of its fields (or a shipped name), with
+    ``overrides`` on top; YAML lists become tuples (the dataclasses are frozen and hashable).
+
+    Raises:
+        FileNotFoundError: see `bench_config_path`.
+        ValueError: unknown keys, listing the known fields; or the dataclass's own checks.
+    """
+    import yaml
+
+    path = bench_config_path(path)
+    data = {**(yaml.safe_load(path.read_text()) or {}), **overrides}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown field(s) {unknown}; known fields: {', '.join(sorted(known))}.")
+    return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})

@@ -139,25 +139,15 @@ class ConversionConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "ConversionConfig":
-        """Read a YAML file of fields, or a shipped config by name (`bench_config_path`).
+        """Read a YAML file of fields, or a shipped config by name (see `read_bench_config`).
 
-        Unknown keys raise ValueError listing the known ones.
+        Raises:
+            FileNotFoundError: neither a file nor a shipped name.
+            ValueError: unknown keys (listing the known ones) or invalid values.
         """
-        import yaml
+        from hf_wavepos.experiments.bench_configs import read_bench_config
 
-        from hf_wavepos.experiments.bench_configs import bench_config_path
-
-        path = bench_config_path(path)
-        data = yaml.safe_load(path.read_text()) or {}
-        data.update(overrides)
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"{path}: unknown field(s) {unknown}; known fields: {', '.join(sorted(known))}.")
-        for key, value in data.items():
-            if isinstance(value, list):
-                data[key] = tuple(value)
-        return cls(**data)
+        return read_bench_config(cls, path, overrides)
 
 
 def slug(method: str) -> str:

@@ -14,7 +14,6 @@ Configs are YAML files of `ExtrapolationConfig` fields; the shipped ones are
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import platform
 import time
@@ -85,25 +84,15 @@ class ExtrapolationConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> "ExtrapolationConfig":
-        """Read a YAML file of fields, or a shipped config by name (`bench_config_path`).
+        """Read a YAML file of fields, or a shipped config by name (see `read_bench_config`).
 
-        Unknown keys raise ValueError listing the known ones.
+        Raises:
+            FileNotFoundError: neither a file nor a shipped name.
+            ValueError: unknown keys (listing the known ones) or invalid values.
         """
-        import yaml
+        from hf_wavepos.experiments.bench_configs import read_bench_config
 
-        from hf_wavepos.experiments.bench_configs import bench_config_path
-
-        path = bench_config_path(path)
-        data = yaml.safe_load(path.read_text()) or {}
-        data.update(overrides)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{path}: unknown field(s) {unknown}; known fields: {', '.join(sorted(known))}.")
-        for key in ("methods", "length_multiples"):
-            if key in data:
-                data[key] = tuple(data[key])
-        return cls(**data)
+        return read_bench_config(cls, path, overrides)
 
 
 def train_config(config: ExtrapolationConfig, method: str, tokenizer_dir: Path, out: Path, blocks: Path | None = None):
