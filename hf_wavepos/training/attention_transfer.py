@@ -131,7 +131,7 @@ class AttentionTransfer:
             self.teacher.base_model(**inputs)  # the hooks record every layer's input and output
         self._active = True
         try:
-            model(**inputs)
+            model(**inputs, logits_to_keep=1)  # the loss needs no logits: skip the output layer's (B, L, vocab)
         finally:
             self._active = False
         terms = [((self._outputs[n].float() - self._targets[n].float()) ** 2).mean()
