@@ -34,7 +34,8 @@ def device_name(device: torch.device | str | None = None) -> str:
     if device.type == "cuda":
         return f"GPU: {torch.cuda.get_device_name(device)}"
     if device.type == "cpu":
-        return f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
+        threads = torch.get_num_threads()
+        return f"CPU: {cpu_name()}, {threads} thread{'' if threads == 1 else 's'}"
     return device.type
 
 
