@@ -106,11 +106,7 @@ def position_target(position: str | dict | WavePosConfig, train_length: int | No
             raise ValueError("train_length only applies to a wavepos position (log-n scaling); drop it for 'rope'.")
         return "rope"
     try:
-        if isinstance(position, dict) and "preset" in position:
-            fields = {k: v for k, v in position.items() if k != "preset"}
-            config = WavePosConfig.from_preset(position["preset"], **fields)
-        else:
-            config = resolve_config(position)
+        config = resolve_config(position)
     except (ValueError, TypeError) as err:
         raise ValueError(f"position: {err} ('rope' keeps the stock positions.)") from None
     return config.replace(train_length=train_length) if train_length is not None else config
