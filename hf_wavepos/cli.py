@@ -216,7 +216,7 @@ def _methods_help() -> dict[str, str]:
         "retrieval": trained,
         "conversion": (f"comma-separated subset of POSITION:RECIPE methods, e.g. rope:plain,long:transfer "
                        f"(POSITION: {', '.join(POSITIONS)}; RECIPE: {', '.join(RECIPES)}); the config's control "
-                       "method (rope:plain) is always kept, first"),
+                       "method (control, default rope:plain) is always kept, first"),
     }
 
 
