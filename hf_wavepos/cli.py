@@ -99,10 +99,16 @@ def _tokenizer(args: argparse.Namespace):
     """The tokenizer of ``card`` / ``push``: from --tokenizer, else from MODEL_DIR (remedy named)."""
     from transformers import AutoTokenizer
 
+    from hf_wavepos.sources import check_local_source, loading_errors
+
+    if not Path(args.model_dir).is_dir():
+        raise ValueError(f"MODEL_DIR {args.model_dir} is not a folder; give the folder of a saved wavepos model.")
+    if args.tokenizer:
+        check_local_source(args.tokenizer, "--tokenizer")
     source = args.tokenizer or args.model_dir
     try:
         return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as err:
+    except (*loading_errors(), ValueError) as err:
         if args.tokenizer:
             raise ValueError(f"no tokenizer could be loaded from --tokenizer {args.tokenizer} ({err}).") from err
         raise ValueError(
