@@ -29,13 +29,13 @@ import importlib.util
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from hf_wavepos.config import WavePosConfig, resolve_config
 from hf_wavepos.models.registry import architecture_of, supported_model_types
-from hf_wavepos.sources import is_local_path, loading_errors
+from hf_wavepos.sources import is_local_path, loading
 
 KEEP_ROPE = ("rope", "keep")
 CONVERSION_FILE = "wavepos_conversion.json"
@@ -222,14 +222,9 @@ def _plain_copy(model: torch.nn.Module) -> torch.nn.Module:
     return plain.eval()
 
 
-@contextlib.contextmanager
-def _source_errors(src: str | Path) -> Iterator[None]:
+def _source_errors(src: str | Path) -> contextlib.AbstractContextManager[None]:
     """Turn a loading failure of ``src`` (OSError, network errors) into one ValueError naming it."""
-    try:
-        yield
-    except loading_errors() as err:
-        raise ValueError(f"SRC {str(src)!r} is neither a local folder, nor a .gguf file, nor a Hub id that could be "
-                         f"loaded: {type(err).__name__}: {err}") from err
+    return loading(src, "SRC", "a local folder, nor a .gguf file, nor a Hub id")
 
 
 def load_source(src: str | Path, gguf_file: str | None = None, dtype: str = "float32",

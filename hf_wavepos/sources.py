@@ -8,7 +8,9 @@ into one clear message. Used by ``wavepos convert``, ``wavepos eval`` and ``wave
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 LOCAL_PREFIXES = ("/", "./", "../", "~", ".\\", "..\\")
 
@@ -51,3 +53,26 @@ def loading_errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         pass
     return tuple(errors)
+
+
+@contextlib.contextmanager
+def loading(source: str | Path, what: str, kinds: str = "a local folder, nor a Hub id") -> Iterator[None]:
+    """Context of loading ``source`` with ``from_pretrained``: a missing local path is refused first
+    (`check_local_source`), and a loading failure (`loading_errors`) becomes one ValueError.
+
+    Args:
+        source: the folder or Hub id; what: how the user gave it (``"SRC"``, ``"model.pretrained"``);
+        kinds: what ``source`` may be, for the message.
+
+    Raises:
+        FileNotFoundError: a missing local path (never looked up on the Hub).
+        ValueError: ``"{what} {source!r} is neither {kinds} that could be loaded: <reason>"``.
+    """
+    if is_local_path(source) and not Path(str(source)).expanduser().exists():
+        raise FileNotFoundError(f"{what} {str(source)!r} is neither {kinds} that could be loaded: the local path "
+                                f"{str(source)!r} does not exist (the Hub is not tried for a local path); check the path.")
+    try:
+        yield
+    except loading_errors() as err:
+        raise ValueError(f"{what} {str(source)!r} is neither {kinds} that could be loaded: "
+                         f"{type(err).__name__}: {err}") from err

@@ -78,7 +78,10 @@ def model_config(section: ModelSection, tokenizer: Any, block_size: int) -> Any:
     if section.pretrained is not None:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(section.pretrained, trust_remote_code=section.trust_remote_code)
+        from hf_wavepos.sources import loading
+
+        with loading(section.pretrained, "model.pretrained"):
+            config = AutoConfig.from_pretrained(section.pretrained, trust_remote_code=section.trust_remote_code)
     else:
         config = _scratch_config(section, len(tokenizer), block_size, tokenizer)
     for key, value in section.config_overrides.items():
