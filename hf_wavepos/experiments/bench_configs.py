@@ -80,3 +80,35 @@ def read_bench_config(cls: type[T], path: str | Path, overrides: dict[str, Any])
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
     return cls(**values)
+
+
+def check_shared_values(config: Any, rates: tuple[str, ...] = ("lr",)) -> None:
+    """The value checks every benchmark config shares: learning rates > 0, ``threads`` null or
+    >= 1, ``length_multiples`` non-empty and > 0, ``mixed_precision`` one TrainConfig accepts.
+    (Types are checked when a file is read, `read_bench_config`; these are the values.)
+
+    Args:
+        config: an ExtrapolationConfig / RetrievalConfig / ConversionConfig.
+        rates: names of its learning-rate fields.
+
+    Raises:
+        ValueError: naming the field, the value and what is allowed.
+    """
+    from hf_wavepos.training.experiment_config import MIXED_PRECISION
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    for name in rates:
+        value = getattr(config, name)
+        if not number(value) or not value > 0:
+            raise ValueError(f"{name} must be a positive learning rate (e.g. 3e-4), got {value!r}.")
+    threads = config.threads
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a number of CPU threads >= 1, or null to keep torch's default; got {threads!r}.")
+    if not config.length_multiples or not all(number(m) and m > 0 for m in config.length_multiples):
+        raise ValueError(f"length_multiples must be a non-empty list of positive multiples of block_size (e.g. [1, 4, 8]), "
+                         f"got {config.length_multiples!r}.")
+    if config.mixed_precision not in MIXED_PRECISION:
+        raise ValueError(f"mixed_precision={config.mixed_precision!r} is not allowed; allowed values: "
+                         f"{', '.join(MIXED_PRECISION)}.")

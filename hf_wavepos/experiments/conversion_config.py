@@ -164,34 +164,25 @@ class ConversionConfig:
 
 
 def _check_values(config: ConversionConfig) -> None:
-    """The value checks of `ConversionConfig` beyond the methods: learning rates, threads, lengths,
-    passkey depths, mixed precision. Field types are checked when the file is read (`read_bench_config`).
+    """The value checks of `ConversionConfig` beyond the methods: those all benchmarks share
+    (`check_shared_values`: learning rates, threads, length multiples, mixed precision) and the
+    passkey settings. Field types are checked when the file is read (`read_bench_config`).
 
     Raises:
         ValueError: naming the field, the value and what is allowed.
     """
-    from hf_wavepos.training.experiment_config import MIXED_PRECISION
+    from hf_wavepos.experiments.bench_configs import check_shared_values
 
-    for name in ("lr", "lora_lr", "transfer_lr"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name} must be a positive learning rate (e.g. 3e-4), got {value!r}.")
-    if config.threads is not None and (isinstance(config.threads, bool) or not isinstance(config.threads, int)
-                                       or config.threads < 1):
-        raise ValueError(f"threads must be a number of CPU threads >= 1, or null to keep torch's default; "
-                         f"got {config.threads!r}.")
-    for name in ("length_multiples", "passkey_multiples"):
-        value = getattr(config, name)
-        if not value or not all(isinstance(m, (int, float)) and not isinstance(m, bool) and m > 0 for m in value):
-            raise ValueError(f"{name} must be a non-empty list of positive multiples of block_size (e.g. [1, 4, 8]), "
-                             f"got {value!r}.")
+    check_shared_values(config, rates=("lr", "lora_lr", "transfer_lr"))
+    number = (int, float)
+    if not config.passkey_multiples or not all(
+            isinstance(m, number) and not isinstance(m, bool) and m > 0 for m in config.passkey_multiples):
+        raise ValueError(f"passkey_multiples must be a non-empty list of positive multiples of block_size (e.g. [1, 4, 8]), "
+                         f"got {config.passkey_multiples!r}.")
     if not config.passkey_depths or not all(
-            isinstance(d, (int, float)) and not isinstance(d, bool) and 0 <= d <= 1 for d in config.passkey_depths):
+            isinstance(d, number) and not isinstance(d, bool) and 0 <= d <= 1 for d in config.passkey_depths):
         raise ValueError(f"passkey_depths must be a non-empty list of fractions in [0, 1] (0: passkey at the start, "
                          f"1: at the end), got {config.passkey_depths!r}.")
-    if config.mixed_precision not in MIXED_PRECISION:
-        raise ValueError(f"mixed_precision={config.mixed_precision!r} is not allowed; allowed values: "
-                         f"{', '.join(MIXED_PRECISION)}.")
 
 
 def slug(method: str) -> str:

@@ -90,3 +90,17 @@ def test_bench_config_types_extrapolation(tmp_path):
         RetrievalConfig.from_yaml(bad)
     bad.write_text("lr: 1e-3\nsteps: 3\nmethods: [rope]\n")  # numbers written as text are numbers
     assert ExtrapolationConfig.from_yaml(bad).lr == 1e-3
+
+
+def test_shared_value_checks_of_every_bench_config():
+    """threads 0 was once silently ignored; the same checks hold for every benchmark config."""
+    from hf_wavepos.experiments.extrapolation import ExtrapolationConfig
+    from hf_wavepos.experiments.retrieval import RetrievalConfig
+
+    for cls in (ExtrapolationConfig, RetrievalConfig):
+        for field, value, message in (("threads", 0, "threads must be a number of CPU threads >= 1"),
+                                      ("lr", 0.0, "lr must be a positive learning rate"),
+                                      ("length_multiples", (), "length_multiples must be a non-empty list"),
+                                      ("mixed_precision", "fp4", "allowed values: no, bf16, fp16")):
+            with pytest.raises(ValueError, match=message):
+                cls(**{field: value})
