@@ -99,10 +99,16 @@ def _tokenizer(args: argparse.Namespace):
     """The tokenizer of ``card`` / ``push``: from --tokenizer, else from MODEL_DIR (remedy named)."""
     from transformers import AutoTokenizer
 
+    from hf_wavepos.sources import check_local_source, loading_errors
+
+    if not Path(args.model_dir).is_dir():
+        raise ValueError(f"MODEL_DIR {args.model_dir} is not a folder; give the folder of a saved wavepos model.")
+    if args.tokenizer:
+        check_local_source(args.tokenizer, "--tokenizer")
     source = args.tokenizer or args.model_dir
     try:
         return AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as err:
+    except (*loading_errors(), ValueError) as err:
         if args.tokenizer:
             raise ValueError(f"no tokenizer could be loaded from --tokenizer {args.tokenizer} ({err}).") from err
         raise ValueError(
@@ -205,6 +211,24 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _methods_help() -> dict[str, str]:
+    """``--methods`` help of each benchmark: what its method names look like."""
+    from hf_wavepos.experiments.conversion_config import POSITIONS, RECIPES
+
+    trained = ("comma-separated subset of position methods, each trained and scored alike, e.g. rope,long,alibi "
+               "(names: nope, rope, alibi, oka2025, long and variants; an unknown name lists them all)")
+    return {
+        "extrapolation": trained,
+        "retrieval": trained,
+        "conversion": (f"comma-separated subset of POSITION:RECIPE methods, e.g. rope:plain,long:transfer "
+                       f"(POSITION: {', '.join(POSITIONS)}; RECIPE: {', '.join(RECIPES)}); the config's control "
+                       "method (control, default rope:plain) is always kept, first"),
+    }
+
+
+_METHODS_HELP = _methods_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wavepos", description="Wavelet positions for Hugging Face models.")
     parser.add_argument("--version", action="version", version=f"hf_wavepos {__version__}")
@@ -233,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
         command = bench.add_parser(name, help=what)
         command.add_argument("--config", default=f"{name}_cpu",
                              help=f"a shipped config ({name}_cpu, {name}_gpu) or a YAML file of settings")
-        command.add_argument("--methods", help="comma-separated subset, e.g. rope,long,alibi")
+        command.add_argument("--methods", help=_METHODS_HELP[name])
         command.add_argument("--out", default=f"runs/{name}", help="output folder")
         if name != "conversion":
             command.add_argument("--quick", action="store_true", help="toy sizes (for tests)")
@@ -284,9 +308,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv`` with options and positional lists in any order.
+
+    argparse fills a ``nargs="*"`` positional (``train``'s overrides) only from the tokens before
+    the first option, so ``wavepos train CFG --recipe continue a=b`` would leave ``a=b`` over:
+    leftover ``key=value`` tokens of ``train`` join its overrides; any other leftover token is an
+    error naming it (exit status 2).
+    """
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "train":
+        args.overrides = [*args.overrides, *(t for t in extra if "=" in t and not t.startswith("-"))]
+        extra = [t for t in extra if not ("=" in t and not t.startswith("-"))]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}"
+                     + (f" (see `wavepos {args.command} --help`)" if args.command else ""))
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, sys.argv[1:] if argv is None else list(argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -173,7 +173,9 @@ class WavePosConfig:
                 divisors = [s for s in range(1, head_dim + 1) if head_dim % s == 0]
                 raise ValueError(
                     f"num_scales={self.num_scales} does not divide head_dim={head_dim}; "
-                    f"allowed values for this head size: {divisors}."
+                    f"set num_scales to one that divides it: {divisors} (e.g. num_scales="
+                    f"{max(d for d in divisors if d <= self.num_scales)}), or give shifts_per_scale "
+                    "so that num_scales * shifts_per_scale = head_dim."
                 )
         elif self.num_scales * self.shifts_per_scale != head_dim:
             raise ValueError(
@@ -205,13 +207,19 @@ class WavePosConfig:
             raise ValueError(
                 f"the wavepos section must be a mapping of fields, got {type(data).__name__}."
             )
+        cls._check_field_names(data)
+        return cls(**dict(data))
+
+    @classmethod
+    def _check_field_names(cls, data: Mapping[str, Any]) -> None:
+        """Raise ValueError naming unknown keys of ``data`` and listing the known fields."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(
-                f"unknown wavepos field(s) {unknown}; known fields: {', '.join(sorted(known))}."
+                f"unknown wavepos field(s) {unknown}; known fields: {', '.join(sorted(known))} "
+                "(and 'preset' for a dict that starts from a preset)."
             )
-        return cls(**dict(data))
 
     def replace(self, **changes: Any) -> "WavePosConfig":
         """A copy with ``changes`` applied (validated again)."""
@@ -219,11 +227,17 @@ class WavePosConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "WavePosConfig":
-        """The named preset (see `PRESETS`), optionally with fields overridden."""
+        """The named preset (see `PRESETS`), optionally with fields overridden.
+
+        Raises:
+            ValueError: an unknown preset (listing the presets), an unknown field (listing the
+                known fields) or an invalid value.
+        """
         if name not in PRESETS:
             raise ValueError(
                 f"unknown wavepos preset {name!r}; allowed values: {', '.join(PRESETS)}."
             )
+        cls._check_field_names(overrides)
         return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]
 
 
@@ -232,11 +246,26 @@ def _is_int(value: Any) -> bool:
 
 
 def resolve_config(config_or_preset: "WavePosConfig | str | Mapping[str, Any]") -> WavePosConfig:
-    """Accept a `WavePosConfig`, a preset name, or a ``wavepos`` dict; return a config."""
+    """The one resolver of every form a position config is given in; returns a `WavePosConfig`.
+
+    Accepts a `WavePosConfig`, a preset name (``"long"``), a ``wavepos`` dict of fields
+    (``{"method": "alibi"}``), or a dict with a ``preset`` key plus fields to override
+    (``{"preset": "long", "num_scales": 8}``). `hf_wavepos.apply_wavepos`, ``wavepos convert
+    --position``, recipes' ``model.position`` and model configs all go through it.
+
+    Raises:
+        ValueError: unknown preset or field (listing the allowed ones), a value of the wrong
+            kind, or an invalid field value.
+    """
     if isinstance(config_or_preset, WavePosConfig):
         return config_or_preset
     if isinstance(config_or_preset, str):
         return WavePosConfig.from_preset(config_or_preset)
+    if isinstance(config_or_preset, Mapping) and "preset" in config_or_preset:
+        fields = {k: v for k, v in config_or_preset.items() if k != "preset"}
+        if not isinstance(config_or_preset["preset"], str):
+            raise ValueError(f"preset must be a preset name ({', '.join(PRESETS)}), got {config_or_preset['preset']!r}.")
+        return WavePosConfig.from_preset(config_or_preset["preset"], **fields)
     return WavePosConfig.from_dict(config_or_preset)
 
 

@@ -23,6 +23,7 @@ table. Every other weight is kept unchanged. Right after conversion the model is
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -34,6 +35,7 @@ import torch
 
 from hf_wavepos.config import WavePosConfig, resolve_config
 from hf_wavepos.models.registry import architecture_of, supported_model_types
+from hf_wavepos.sources import is_local_path, loading
 
 KEEP_ROPE = ("rope", "keep")
 CONVERSION_FILE = "wavepos_conversion.json"
@@ -106,11 +108,7 @@ def position_target(position: str | dict | WavePosConfig, train_length: int | No
             raise ValueError("train_length only applies to a wavepos position (log-n scaling); drop it for 'rope'.")
         return "rope"
     try:
-        if isinstance(position, dict) and "preset" in position:
-            fields = {k: v for k, v in position.items() if k != "preset"}
-            config = WavePosConfig.from_preset(position["preset"], **fields)
-        else:
-            config = resolve_config(position)
+        config = resolve_config(position)
     except (ValueError, TypeError) as err:
         raise ValueError(f"position: {err} ('rope' keeps the stock positions.)") from None
     return config.replace(train_length=train_length) if train_length is not None else config
@@ -124,7 +122,8 @@ def resolve_source(src: str | Path, gguf_file: str | None = None) -> tuple[str, 
     with ``config.json``, a Hub id) is returned as it is.
 
     Raises:
-        FileNotFoundError: a ``.gguf`` path or ``gguf_file`` that does not exist.
+        FileNotFoundError: a ``.gguf`` path or ``gguf_file`` that does not exist, or a missing local
+            path (`hf_wavepos.sources.is_local_path`: never looked up on the Hub).
         ValueError: a folder with no config.json and zero or several GGUF files (and no ``gguf_file``).
     """
     path = Path(src).expanduser()
@@ -134,9 +133,15 @@ def resolve_source(src: str | Path, gguf_file: str | None = None) -> tuple[str, 
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file {path} does not exist.")
         return str(path.parent), path.name
+    if path.is_file():
+        raise ValueError(f"SRC {str(src)!r} is a file but not a .gguf file: give the model's folder (with config.json), "
+                         "a .gguf file or a Hub id.")
     if not path.is_dir():
-        if str(src).startswith(("/", ".", "~")):
-            raise FileNotFoundError(f"model folder {src} does not exist (give a folder, a .gguf file or a Hub id).")
+        if is_local_path(src):
+            raise FileNotFoundError(
+                f"SRC {str(src)!r} is neither a local folder, nor a .gguf file, nor a Hub id that could be loaded: "
+                f"the local path {path} does not exist (the Hub is not tried for a local path); check the path."
+            )
         return str(src), gguf_file  # a Hub id
     if gguf_file is not None:
         if not (path / gguf_file).is_file():
@@ -217,6 +222,11 @@ def _plain_copy(model: torch.nn.Module) -> torch.nn.Module:
     return plain.eval()
 
 
+def _source_errors(src: str | Path) -> contextlib.AbstractContextManager[None]:
+    """Turn a loading failure of ``src`` (OSError, network errors) into one ValueError naming it."""
+    return loading(src, "SRC", "a local folder, nor a .gguf file, nor a Hub id")
+
+
 def load_source(src: str | Path, gguf_file: str | None = None, dtype: str = "float32",
                 trust_remote_code: bool = False) -> tuple[torch.nn.Module, Any, str, str | None]:
     """Load a stock causal LM and its tokenizer from a folder, a Hub id or a GGUF file.
@@ -228,6 +238,8 @@ def load_source(src: str | Path, gguf_file: str | None = None, dtype: str = "flo
     Raises:
         ImportError: a GGUF source without the ``gguf`` package (names the pip command).
         FileNotFoundError / ValueError: from `resolve_source`.
+        ValueError: the model or tokenizer could not be loaded (not found, offline, no network),
+            naming ``src`` and the reason.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -235,8 +247,9 @@ def load_source(src: str | Path, gguf_file: str | None = None, dtype: str = "flo
     if gguf is not None:
         require_gguf()
     kwargs = {"gguf_file": gguf} if gguf else {"trust_remote_code": trust_remote_code}
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+    with _source_errors(src):
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=getattr(torch, dtype), **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
     if gguf is not None:
         model = _plain_copy(model)
     return model.eval(), tokenizer, folder, gguf
@@ -271,6 +284,8 @@ def convert_checkpoint(
     Raises:
         ValueError: unsupported architecture (names the supported ones), a position that does not fit
             the head size, an already converted source, a non-empty ``out``; all before any weight is read.
+            Also a ``src`` that could not be loaded (naming it and the reason).
+        FileNotFoundError: a missing local ``src`` (never looked up on the Hub).
         ImportError: a GGUF source without the ``gguf`` package (names the pip command).
     """
     from transformers import AutoConfig
@@ -287,7 +302,9 @@ def convert_checkpoint(
     if gguf is not None:
         require_gguf()
     kwargs = {"gguf_file": gguf} if gguf else {"trust_remote_code": trust_remote_code}
-    _check_before_loading(AutoConfig.from_pretrained(folder, **kwargs), target)
+    with _source_errors(src):
+        source_config = AutoConfig.from_pretrained(folder, **kwargs)
+    _check_before_loading(source_config, target)
 
     model, tokenizer, _, _ = load_source(src, gguf_file, dtype, trust_remote_code)
     source_type = model.config.model_type

@@ -57,6 +57,8 @@ def test_invalid_values_name_field_and_allowed_values(kwargs, field, allowed):
 def test_head_dim_must_be_divisible():
     with pytest.raises(ValueError, match=r"num_scales=16 does not divide head_dim=40.*\[1, 2, 4, 5, 8, 10, 20, 40\]"):
         PRESETS["long"].check_head_dim(40)
+    with pytest.raises(ValueError, match=r"set num_scales to one that divides it.*num_scales=8"):
+        PRESETS["long"].check_head_dim(8)
     with pytest.raises(ValueError, match="shifts_per_scale"):
         WavePosConfig(num_scales=8, shifts_per_scale=4).check_head_dim(64)
 
@@ -81,3 +83,19 @@ def test_reflected_haar_needs_the_n_minus_m_convention():
     reach = lambda table: int(table.abs().sum(1).nonzero().max()) + 1  # noqa: E731 - last non-zero distance + 1
     assert reach(wavelet_table(m_n, 64, 512)) == shifts - 1  # nothing from shifts - 1 tokens back
     assert reach(wavelet_table(n_m, 64, 512)) == 129  # b = 0: distances 1 .. a, up to the largest scale 128
+
+
+def test_one_resolver_for_every_dict_form():
+    """A preset dict works wherever a position is given, and a misspelt field lists the known ones."""
+    from hf_wavepos.convert import position_target
+
+    assert resolve_config({"preset": "long", "num_scales": 8}) == PRESETS["long"].replace(num_scales=8)
+    assert resolve_config({"preset": "alibi"}) == PRESETS["alibi"]
+    with pytest.raises(ValueError, match=r"unknown wavepos field\(s\) \['scales'\]; known fields: .*num_scales"):
+        resolve_config({"preset": "long", "scales": 8})
+    with pytest.raises(ValueError, match=r"unknown wavepos field\(s\) \['scales'\]"):
+        WavePosConfig.from_preset("long", scales=8)
+    with pytest.raises(ValueError, match=r"unknown wavepos field\(s\) \['scales'\]; known fields"):
+        position_target('{"preset": "long", "scales": 8}')
+    with pytest.raises(ValueError, match="preset must be a preset name"):
+        resolve_config({"preset": 3})

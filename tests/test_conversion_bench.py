@@ -144,6 +144,19 @@ def test_recovery_figures_and_config_errors():
         ConversionConfig(transfer_trainable=("q_proj", ""))
     with pytest.raises(ValueError, match="transfer_distill_lr must be a positive"):
         ConversionConfig(transfer_distill_lr=0.0)
+    # the control is kept in every subset, first
+    shipped = ConversionConfig.from_yaml("conversion_cpu")
+    assert shipped.subset(("long:transfer",)).methods == (shipped.control, "long:transfer")
+    assert shipped.subset(("long:transfer", shipped.control)).methods == (shipped.control, "long:transfer")
+    for field, value, message in (
+            ("lr", 0.0, "lr must be a positive learning rate"), ("lora_lr", -1.0, "lora_lr must be a positive"),
+            ("transfer_lr", 0, "transfer_lr must be a positive"), ("threads", 0, "threads must be a number of CPU threads >= 1"),
+            ("length_multiples", (), "length_multiples must be a non-empty list"),
+            ("passkey_multiples", (1, 0), "passkey_multiples must be a non-empty list of positive"),
+            ("passkey_depths", (0.5, 1.5), r"passkey_depths must be a non-empty list of fractions in \[0, 1\]"),
+            ("mixed_precision", "fp8", "mixed_precision='fp8' is not allowed; allowed values: no, bf16, fp16")):
+        with pytest.raises(ValueError, match=message):
+            ConversionConfig(**{field: value})
 
 
 @pytest.mark.parametrize("name", ["conversion_cpu", "conversion_gpu", "conversion_cpu_smoke"])

@@ -248,3 +248,28 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     convert_checkpoint(tmp_path / "stock", tmp_path / "once", "nope")
     with pytest.raises(ValueError, match="already a wavepos_llama"):
         convert_checkpoint(tmp_path / "once", tmp_path / "twice", "long")
+
+
+def test_missing_source_is_a_clear_error_without_hub_retries(tmp_path, monkeypatch, capsys):
+    """A local-looking SRC that does not exist is reported at once; an unloadable Hub id names SRC and the reason."""
+    import huggingface_hub.constants
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "scratch").mkdir()
+    for src in ("scratch/nope_dir", "./nope", "../nope", str(tmp_path / "nope"), "a/b/c"):
+        with pytest.raises(FileNotFoundError, match=f"SRC '{src}' is neither a local folder.*does not exist"):
+            convert_checkpoint(src, tmp_path / "out", "long")
+    with pytest.raises(SystemExit) as exit_:
+        main(["convert", "scratch/nope_dir", str(tmp_path / "out"), "--position", "long"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and "scratch/nope_dir" in err
+    (tmp_path / "scratch" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match="is a file but not a .gguf file"):
+        convert_checkpoint("scratch/model.safetensors", tmp_path / "out", "long")
+    # a Hub id that cannot be loaded (offline here): one ValueError naming SRC and the reason
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"SRC 'nobody/no-such-model' is neither a local folder, nor a \.gguf file, "
+                                         r"nor a Hub id that could be loaded: \w+"):
+        convert_checkpoint("nobody/no-such-model", tmp_path / "out", "long")
+    assert not (tmp_path / "out").exists()

@@ -96,6 +96,11 @@ def load_tokenizer(spec: str, *, train_texts: Iterable[str] | None = None) -> An
     Args:
         spec: ``"bytes"``, ``"bpe:N"``, a Hub name or a local folder.
         train_texts: documents to train ``"bpe:N"`` on (required for it, ignored otherwise).
+
+    Raises:
+        FileNotFoundError: a local folder that does not exist (never looked up on the Hub).
+        ValueError: a bad ``bpe:N``, ``bpe:N`` without ``train_texts``, or a tokenizer that could
+            not be loaded (naming ``spec`` and the reason).
     """
     kind, size = parse_tokenizer_spec(spec)
     if kind == "bytes":
@@ -106,4 +111,7 @@ def load_tokenizer(spec: str, *, train_texts: Iterable[str] | None = None) -> An
         return train_bpe_tokenizer(train_texts, size)
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(spec)
+    from hf_wavepos.sources import loading
+
+    with loading(spec, "tokenizer", "bytes, bpe:N, a local folder, nor a Hub id"):
+        return AutoTokenizer.from_pretrained(spec)

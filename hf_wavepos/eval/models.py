@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from hf_wavepos.sources import check_local_source, loading_errors
+
 DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -61,15 +63,17 @@ def load_model(
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of {sorted(DTYPES)}")
     label, path = parse_model_spec(spec)
-    if path.startswith(("/", "./", "../", "~")) and not Path(path).expanduser().exists():
-        raise ValueError(f"model folder {path!r} does not exist; give a saved model folder or a Hub model id")
+    try:
+        check_local_source(path)
+    except FileNotFoundError as err:
+        raise ValueError(f"{err} Give a saved model folder or a Hub model id.") from None
     kwargs = {"dtype": DTYPES[dtype], "trust_remote_code": trust_remote_code}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except (OSError, ValueError, KeyError) as err:
+    except (*loading_errors(), ValueError, KeyError) as err:
         raise ValueError(f"could not load model {path!r}: {type(err).__name__}: {err}") from err
     model.to(resolve_device(device)).eval()
     return label, model, tokenizer

@@ -332,7 +332,7 @@ def run_conversion(config: ConversionConfig, out: str | Path, command: str | Non
 
     out = Path(out)
     started = time.time()
-    if config.threads:
+    if config.threads is not None:
         torch.set_num_threads(config.threads)
     out.mkdir(parents=True, exist_ok=True)
     total = len(config.methods) + 1

@@ -50,7 +50,11 @@ class ConversionConfig:
     """One conversion benchmark: source model, methods, recalibration budget, evaluation.
 
     Lengths are in tokens of the source model's tokenizer; ``lengths`` = ``length_multiples`` x
-    ``block_size`` (the recalibration length).
+    ``block_size`` (the recalibration length). ``control`` is the trained method every other one
+    is compared with; `subset` always keeps it.
+
+    Raises:
+        ValueError: an invalid method or value, naming the field and what is allowed.
     """
 
     source: str = "SmolLM2-135M-Instruct.Q4_1.gguf"  # folder, Hub id, .gguf file or a folder with one
@@ -121,9 +125,18 @@ class ConversionConfig:
             raise ValueError(f"transfer_distill_lr must be a positive learning rate or null, got {self.transfer_distill_lr}.")
         if not 0 < self.distill_weight <= 1:
             raise ValueError(f"distill_weight must be in (0, 1], got {self.distill_weight}.")
+        _check_values(self)
 
     def subset(self, methods: tuple[str, ...]) -> "ConversionConfig":
-        """The same benchmark for a subset of its methods (``extension_methods`` restricted alike)."""
+        """The same benchmark for a subset of its methods (``extension_methods`` restricted alike).
+
+        The control method (``control``, e.g. ``rope:plain``: every method's perplexity is compared
+        with it) is always kept, first, whether ``methods`` names it or not.
+
+        Raises:
+            ValueError: an invalid method name (see `parse_method`).
+        """
+        methods = (self.control, *(m for m in dict.fromkeys(methods) if m != self.control))
         extension = tuple(m for m in self.extension_methods if m in methods) if self.extension_methods else None
         return dataclasses.replace(self, methods=methods, extension_methods=extension)
 
@@ -148,6 +161,28 @@ class ConversionConfig:
         from hf_wavepos.experiments.bench_configs import read_bench_config
 
         return read_bench_config(cls, path, overrides)
+
+
+def _check_values(config: ConversionConfig) -> None:
+    """The value checks of `ConversionConfig` beyond the methods: those all benchmarks share
+    (`check_shared_values`: learning rates, threads, length multiples, mixed precision) and the
+    passkey settings. Field types are checked when the file is read (`read_bench_config`).
+
+    Raises:
+        ValueError: naming the field, the value and what is allowed.
+    """
+    from hf_wavepos.experiments.bench_configs import check_shared_values
+
+    check_shared_values(config, rates=("lr", "lora_lr", "transfer_lr"))
+    number = (int, float)
+    if not config.passkey_multiples or not all(
+            isinstance(m, number) and not isinstance(m, bool) and m > 0 for m in config.passkey_multiples):
+        raise ValueError(f"passkey_multiples must be a non-empty list of positive multiples of block_size (e.g. [1, 4, 8]), "
+                         f"got {config.passkey_multiples!r}.")
+    if not config.passkey_depths or not all(
+            isinstance(d, number) and not isinstance(d, bool) and 0 <= d <= 1 for d in config.passkey_depths):
+        raise ValueError(f"passkey_depths must be a non-empty list of fractions in [0, 1] (0: passkey at the start, "
+                         f"1: at the end), got {config.passkey_depths!r}.")
 
 
 def slug(method: str) -> str:

@@ -77,6 +77,9 @@ class ExtrapolationConfig:
         for name in ("block_size", "steps", "global_batch_size", "vocab_size", "eval_documents", "heldout_documents"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}.")
+        from hf_wavepos.experiments.bench_configs import check_shared_values
+
+        check_shared_values(self)
 
     @property
     def lengths(self) -> list[int]:
@@ -170,7 +173,7 @@ def prepare_corpus(config: ExtrapolationConfig, out: Path, step: str) -> tuple[A
     """
     from hf_wavepos.data.tokenizers import train_bpe_tokenizer
 
-    if config.threads:
+    if config.threads is not None:
         torch.set_num_threads(config.threads)
     out.mkdir(parents=True, exist_ok=True)
     print(f"{step} BPE tokenizer ({config.vocab_size}) on the standard library source", flush=True)

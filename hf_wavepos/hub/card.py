@@ -118,6 +118,18 @@ def _slug_in(label: str, filename: str) -> bool:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") in filename
 
 
+def check_eval_label(eval_run: str | Path | None, label: str | None) -> None:
+    """Check that ``eval_run`` is an evaluation run folder and ``label`` one of its models (or None
+    when the run holds a single model), before anything is written.
+
+    Raises:
+        ValueError: not a run folder, or a missing / unknown label (listing the run's labels).
+    """
+    if label is not None and eval_run is None:
+        raise ValueError(f"label {label!r} names a model of an evaluation run: give the run too (eval_run=, --eval-run).")
+    _eval_context(eval_run, label)
+
+
 def _eval_context(eval_run: str | Path | None, label: str | None) -> dict[str, Any]:
     """`eval_sections` of ``label`` in the run (empty tables without a run); ValueError on a bad label."""
     if eval_run is None:
@@ -126,7 +138,7 @@ def _eval_context(eval_run: str | Path | None, label: str | None) -> dict[str, A
     labels = _labels(run)
     if label is None:
         if len(labels) != 1:
-            raise ValueError(f"the run in {eval_run} has several models {labels}; choose one with label=...")
+            raise ValueError(f"the run in {eval_run} has several models {labels}; choose one with label=... (--label).")
         label = labels[0]
     if label not in labels:
         raise ValueError(f"label {label!r} is not in the run {eval_run}; its models: {labels}.")

@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from hf_wavepos.hub.card import read_eval_run, render_card
+from hf_wavepos.hub.card import check_eval_label, read_eval_run, render_card
 from hf_wavepos.models.registry import is_wavepos_model_type
+from hf_wavepos.sources import loading_errors
 
 FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".npy", ".joblib")
 EVAL_SUFFIXES = (".json", ".csv", ".png", ".jsonl")
@@ -106,14 +107,20 @@ def assemble_folder(
 
     Returns:
         ``out_dir``, checked with `check_folder`.
+
+    Raises:
+        ValueError: a non-empty ``out_dir`` without ``overwrite``, a bad evaluation run or label, a
+            model folder without config.json or safetensors weights, a model that is not wavepos,
+            or no loadable tokenizer; all checked before anything is written or removed.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise ValueError(f"{out_dir} exists and is not empty; choose another folder or pass overwrite=True.")
-        shutil.rmtree(out_dir)
+    replace = out_dir.exists() and any(out_dir.iterdir())
+    if replace and not overwrite:
+        raise ValueError(f"{out_dir} exists and is not empty; choose another folder or pass overwrite=True "
+                         "(--overwrite on the command line).")
+    check_eval_label(eval_run, label)
     source = None
     if isinstance(model, (str, Path)):
         source = Path(model)
@@ -131,11 +138,13 @@ def assemble_folder(
         where = source if tokenizer is None else tokenizer
         try:
             tokenizer = AutoTokenizer.from_pretrained(where)
-        except (OSError, ValueError) as err:
+        except (*loading_errors(), ValueError) as err:
             raise ValueError(
                 f"no tokenizer could be loaded from {where} ({err}); pass tokenizer= (a tokenizer, or the folder "
                 "or Hub id to load it from)."
             ) from err
+    if replace:
+        shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)

@@ -175,10 +175,15 @@ def apply_wavepos(model: torch.nn.Module, config_or_preset: WavePosConfig | str 
         model: a model of a registered architecture (``...ForCausalLM`` or the base model);
             `supported_model_types` lists them.
         config_or_preset: a `WavePosConfig`, a preset name (``oka2025``, ``oka2025-4k``, ``long``,
-            ``alibi``, ``nope``) or a ``wavepos`` dict.
+            ``alibi``, ``nope``), a ``wavepos`` dict, or a dict with a ``preset`` key plus fields to
+            override (``{"preset": "long", "num_scales": 8}``); see `hf_wavepos.config.resolve_config`.
 
     Returns:
         ``model`` itself.
+
+    Raises:
+        ValueError: an unknown preset or field, an invalid value, a position table that does not
+            fit the model's head size, or an unsupported attention implementation.
     """
     config = getattr(model, "config", None)
     if config is None:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_wavepos.data.packing import IGNORE_INDEX
+from hf_wavepos.sources import loading
 from hf_wavepos.training.experiment_config import TrainConfig
 from hf_wavepos.training.losses import token_loss_sum
 
@@ -125,7 +126,8 @@ def load_teacher(config: TrainConfig, device: torch.device) -> torch.nn.Module:
             "stock checkpoint (e.g. `wavepos convert SRC stock --position rope`)."
         )
     dtype = DTYPES.get(config.train.mixed_precision, getattr(torch, config.model.dtype))
-    teacher = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=config.model.trust_remote_code)
+    with loading(source, "distill.teacher" if section.teacher else "model.pretrained (the teacher)"):
+        teacher = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=config.model.trust_remote_code)
     model_type = teacher.config.model_type
     if section.teacher is None and model_type.startswith("wavepos_"):
         if model_type == "wavepos_gpt2":

@@ -47,9 +47,6 @@ def resolve_position(position: Any, block_size: int) -> str | WavePosConfig:
             if config.log_n_scaling and config.train_length != block_size:
                 config = config.replace(train_length=block_size)
             return config
-        if isinstance(position, dict) and "preset" in position:
-            fields = {k: v for k, v in position.items() if k != "preset"}
-            return WavePosConfig.from_preset(position["preset"], **fields)
         return resolve_config(position)
     except ValueError as err:
         raise ValueError(f"model.position: {err} ('rope' and 'keep' are also allowed.)") from err
@@ -81,7 +78,10 @@ def model_config(section: ModelSection, tokenizer: Any, block_size: int) -> Any:
     if section.pretrained is not None:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(section.pretrained, trust_remote_code=section.trust_remote_code)
+        from hf_wavepos.sources import loading
+
+        with loading(section.pretrained, "model.pretrained"):
+            config = AutoConfig.from_pretrained(section.pretrained, trust_remote_code=section.trust_remote_code)
     else:
         config = _scratch_config(section, len(tokenizer), block_size, tokenizer)
     for key, value in section.config_overrides.items():

@@ -1,9 +1,10 @@
 """Nested dataclasses from YAML-read dicts: unknown keys with a suggestion, type checks, overrides.
 
 `build_dataclass` validates a nested mapping into a dataclass whose fields are dataclasses or
-plain types (bool, int, float, str, list, dict, unions with None, Any); numbers written as text
+plain types (bool, int, float, str, list, dict, ``tuple[X, ...]``, unions with None, Any); numbers written as text
 (``3e-4``) become numbers. `apply_overrides` applies ``section.key=value`` command-line strings.
-Used by `hf_wavepos.training.experiment_config`.
+Used by `hf_wavepos.training.experiment_config` and the benchmark settings
+(`hf_wavepos.experiments.bench_configs.read_bench_config`).
 """
 
 from __future__ import annotations
@@ -68,12 +69,21 @@ def build_dataclass(cls: type, data: Any, prefix: str = "") -> Any:
         if dataclasses.is_dataclass(hint):
             kwargs[name] = build_dataclass(hint, value, f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
+            kwargs[name] = coerce_value(value, hint, f"{prefix}{name}")
     return cls(**kwargs)
 
 
-def _coerce(value: Any, hint: Any, name: str) -> Any:
-    """Check ``value`` against a field's type; numbers written as text (``3e-4``) become numbers."""
+def coerce_value(value: Any, hint: Any, name: str) -> Any:
+    """Check ``value`` against a field's type annotation; return it (numbers written as text, ``3e-4``,
+    become numbers; a YAML list becomes a tuple for ``tuple[X, ...]``).
+
+    Args:
+        value: as read from YAML; hint: the resolved annotation (bool, int, float, str, list,
+            dict, ``tuple[X, ...]``, unions with None, Any); name: the field, for the message.
+
+    Raises:
+        ValueError: naming the field, the expected type and the value.
+    """
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
         options = typing.get_args(hint)
@@ -84,7 +94,7 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, name)
+                return coerce_value(value, option, name)
             except ValueError as err:
                 errors.append(str(err))
         raise ValueError(errors[0] if errors else f"{name} has a bad value {value!r}.")
@@ -115,8 +125,15 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
         raise ValueError(f"{name} must be text, got {value!r}.")
     if hint is list or origin is list:
         if isinstance(value, (list, tuple)):
-            return [_coerce(v, float, name) if isinstance(v, str) and _numeric(v) else v for v in value]
+            return [coerce_value(v, float, name) if isinstance(v, str) and _numeric(v) else v for v in value]
         raise ValueError(f"{name} must be a list, got {value!r}.")
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list (e.g. [a, b]), got {value!r}.")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce_value(v, args[0], f"{name}[{i}]") for i, v in enumerate(value))
+        return tuple(value)
     if hint is dict or origin is dict:
         if isinstance(value, Mapping):
             return dict(value)

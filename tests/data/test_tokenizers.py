@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from hf_wavepos.data import (
@@ -35,3 +37,19 @@ def test_tokenizer_specs():
         parse_tokenizer_spec("bpe:lots")
     with pytest.raises(ValueError, match="pass train_texts"):
         load_tokenizer("bpe:300")
+
+
+def test_missing_sources_are_clear_errors_without_hub_lookups(tmp_path, monkeypatch):
+    """The same check as `wavepos convert` / `eval`: a missing local path is refused at once (tokenizer,
+    model.pretrained, distill.teacher all load through hf_wavepos.sources.loading)."""
+    from hf_wavepos.training import load_config
+    from hf_wavepos.training.modeling import model_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(FileNotFoundError, match="tokenizer 'runs/tok' is neither .* does not exist"):
+        load_tokenizer("runs/tok")
+    config = load_config(str(Path(__file__).parents[2] / "recipes/configs/tiny_cpu.yaml"),
+                         ["model.pretrained=./no_checkpoint"])
+    with pytest.raises(FileNotFoundError, match="model.pretrained './no_checkpoint' is neither .* does not exist"):
+        model_config(config.model, None, 64)

@@ -61,7 +61,7 @@ def test_all_eval_commands_fill_one_run_folder(folders, tmp_path, capsys):
     assert sliding["protocol"]["mode"] == "sliding" and sliding["protocol"]["stride"] == 32
 
 
-def test_cli_errors_are_clear(folders, tmp_path):
+def test_cli_errors_are_clear(folders, tmp_path, monkeypatch):
     stock, _ = folders
     short = tmp_path / "short.jsonl"
     short.write_text(json.dumps({"text": "too short"}) + "\n")
@@ -69,6 +69,10 @@ def test_cli_errors_are_clear(folders, tmp_path):
         run(["eval", "ppl", "--model", str(stock), "--data", str(short), "--lengths", "512", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="model folder '.*nothing' does not exist"):
         run(["eval", "passkey", "--model", str(tmp_path / "nothing"), "--out", str(tmp_path)])
+    monkeypatch.chdir(tmp_path)  # a relative path under an existing folder is local too (never a Hub lookup)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ValueError, match="model folder 'runs/nothing' does not exist"):
+        run(["eval", "passkey", "--model", "runs/nothing", "--out", str(tmp_path)])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="could not load model '.*empty'"):
         run(["eval", "passkey", "--model", str(tmp_path / "empty"), "--out", str(tmp_path)])

@@ -55,3 +55,52 @@ def test_extrapolation_configs_validate(tmp_path):
     bad.write_text("step: 3\n")
     with pytest.raises(ValueError, match=r"unknown field\(s\) \['step'\]"):
         ExtrapolationConfig.from_yaml(bad)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("transfer_trainable: q_proj\n", r"transfer_trainable must be a list .*got 'q_proj'"),
+    ("transfer_distill_lr: fast\n", r"transfer_distill_lr must be a number, got 'fast'"),
+    ("methods: rope:plain\n", r"methods must be a list .*got 'rope:plain'"),
+    ("passkey_depths: [0.5, deep]\n", r"passkey_depths\[1\] must be a number, got 'deep'"),
+    ("steps: 1.5\n", r"steps must be an integer, got 1.5"),
+    ("gradient_checkpointing: 1\n", r"gradient_checkpointing must be true or false, got 1"),
+    ("- steps\n- 3\n", r"bad.yaml must hold a mapping of settings .*got a list"),
+    ("steps: [1\n", r"bad.yaml is not valid YAML"),
+])
+def test_bench_config_types_are_checked(tmp_path, text, message):
+    """read_bench_config checks every value against its field's annotation, naming field, type and value."""
+    from hf_wavepos.experiments.conversion_config import ConversionConfig
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        ConversionConfig.from_yaml(bad)
+
+
+def test_bench_config_types_extrapolation(tmp_path):
+    from hf_wavepos.experiments.extrapolation import ExtrapolationConfig
+    from hf_wavepos.experiments.retrieval import RetrievalConfig
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("length_multiples: 16\n")
+    with pytest.raises(ValueError, match=r"length_multiples must be a list .*got 16"):
+        ExtrapolationConfig.from_yaml(bad)
+    bad.write_text("passkey_fraction: half\n")
+    with pytest.raises(ValueError, match=r"passkey_fraction must be a number, got 'half'"):
+        RetrievalConfig.from_yaml(bad)
+    bad.write_text("lr: 1e-3\nsteps: 3\nmethods: [rope]\n")  # numbers written as text are numbers
+    assert ExtrapolationConfig.from_yaml(bad).lr == 1e-3
+
+
+def test_shared_value_checks_of_every_bench_config():
+    """threads 0 was once silently ignored; the same checks hold for every benchmark config."""
+    from hf_wavepos.experiments.extrapolation import ExtrapolationConfig
+    from hf_wavepos.experiments.retrieval import RetrievalConfig
+
+    for cls in (ExtrapolationConfig, RetrievalConfig):
+        for field, value, message in (("threads", 0, "threads must be a number of CPU threads >= 1"),
+                                      ("lr", 0.0, "lr must be a positive learning rate"),
+                                      ("length_multiples", (), "length_multiples must be a non-empty list"),
+                                      ("mixed_precision", "fp4", "allowed values: no, bf16, fp16")):
+            with pytest.raises(ValueError, match=message):
+                cls(**{field: value})

@@ -153,6 +153,27 @@ def test_cli_card_and_push_dry_run(published, tmp_path, capsys):
         main(["push", str(root / "model"), "someone/tiny", "--dry-run"])
     assert exit_.value.code == 2
     assert "--dry-run writes the folder" in capsys.readouterr().err
+    # A wrong label is refused before anything is written; the rerun with the right one then works.
+    for command in (["card", str(root / "model"), "--out", str(tmp_path / "fresh")],
+                    ["push", str(root / "model"), "someone/tiny", "--dry-run", "--out", str(tmp_path / "fresh")]):
+        with pytest.raises(SystemExit):
+            main([*command, "--eval-run", str(root / "run"), "--label", "nope"])
+        assert "label 'nope' is not in the run" in capsys.readouterr().err and not (tmp_path / "fresh").exists()
+    with pytest.raises(SystemExit):
+        main(["card", str(root / "model"), "--out", str(tmp_path / "fresh"), "--label", "rope"])
+    assert "give the run too" in capsys.readouterr().err and not (tmp_path / "fresh").exists()
+    with pytest.raises(SystemExit):
+        main(["card", str(tmp_path / "no-model"), "--out", str(tmp_path / "fresh")])
+    assert "MODEL_DIR" in capsys.readouterr().err and not (tmp_path / "fresh").exists()
+    assert main(["card", str(root / "model"), "--out", str(tmp_path / "fresh"), "--eval-run", str(root / "run"),
+                 "--label", "rope"]) == 0
+    with pytest.raises(SystemExit):  # an existing folder names the command-line flag
+        main(["card", str(root / "model"), "--out", str(tmp_path / "fresh"), "--eval-run", str(root / "run"),
+              "--label", "nope", "--overwrite"])
+    assert "label 'nope'" in capsys.readouterr().err and (tmp_path / "fresh" / "README.md").is_file()
+    with pytest.raises(SystemExit):
+        main(["card", str(root / "model"), "--out", str(tmp_path / "fresh")])
+    assert "--overwrite" in capsys.readouterr().err
 
 
 def test_cli_without_a_tokenizer_in_the_model_folder_names_the_command_line_remedy(published, tmp_path, capsys):
@@ -173,7 +194,7 @@ def test_cli_without_a_tokenizer_in_the_model_folder_names_the_command_line_reme
         assert "tokenizer=" not in err  # no Python-API remedy for a command-line user
     with pytest.raises(SystemExit):
         main(["card", str(bare), "--out", str(tmp_path / "card"), "--tokenizer", str(tmp_path / "missing")])
-    assert f"no tokenizer could be loaded from --tokenizer {tmp_path / 'missing'}" in capsys.readouterr().err
+    assert f"--tokenizer '{tmp_path / 'missing'}' does not exist" in capsys.readouterr().err
     # The remedy works: the tokenizer comes from the given folder and lands in the assembled one.
     assert main(["card", str(bare), "--out", str(tmp_path / "card"), "--tokenizer", str(root / "model")]) == 0
     assert AutoTokenizer.from_pretrained(tmp_path / "card").get_vocab() == AutoTokenizer.from_pretrained(

@@ -232,6 +232,8 @@ def test_peer_methods(method):
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="unknown wavepos preset 'okay'"):
         apply_wavepos(stock_model("llama"), "okay")
+    # the preset-dict form of the CLI and recipes is accepted here too
+    assert apply_wavepos(stock_model("llama"), {"preset": "long", "num_scales": 4}).config.wavepos["num_scales"] == 4
     odd = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=60, num_hidden_layers=1, num_attention_heads=5,
                                        intermediate_size=32))
     with pytest.raises(ValueError, match="num_scales=8 does not divide head_dim=12"):
