@@ -144,7 +144,8 @@ def test_distillation_in_the_loop(tmp_path, fresh_accelerate):
 @pytest.mark.parametrize(("name", "recipe"), [("smollm2_135m_recalibrate_cpu.yaml", "continue"),
                                               ("smollm2_135m_recalibrate_gpu.yaml", "continue"),
                                               ("smollm2_135m_recalibrate_lora_cpu.yaml", "lora"),
-                                              ("smollm2_135m_transfer_cpu.yaml", "continue")])
+                                              ("smollm2_135m_transfer_cpu.yaml", "continue"),
+                                              ("smollm2_135m_transfer_gpu.yaml", "continue")])
 def test_recalibration_recipes_validate(name, recipe):
     from hf_wavepos.training import check_recipe
 
